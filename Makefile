@@ -1,0 +1,37 @@
+# The two set-up commands of the README, and the others a developer needs.
+#   make run    installs into .venv and trains microgpt's model on names, printing samples
+#   make test   installs into .venv (with the dev extra) and runs the default test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first and pinned: an unpinned torch pulls several GB of CUDA packages.
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test test-slow bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/microgpt reference --data names --steps 1000 --samples 20
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/microgpt bench generate
+
+lint: install
+	$(BIN)/ruff check shared services tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Services of the microgpt platform: registry, trainer, inference and UI."""

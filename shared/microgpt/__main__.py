@@ -1,0 +1,7 @@
+"""`python -m microgpt` runs the CLI."""
+
+import sys
+
+from microgpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""Single-stream decode speed, beside the ceilings measured in the same run.
+
+    microgpt bench generate                      # shakespeare preset, fp32 and bf16
+    microgpt bench generate --preset gpt2-small --precision fp32
+
+Random weights are fine: speed does not depend on what the weights say. Each
+precision decodes through the public `microgpt.generate.stream` API (greedy,
+KV cache, compiled decode step unless --eager), so the figure includes the
+engine's per-token overhead, not just the kernels. "of bandwidth" is the share
+of the measured memory bandwidth that streaming every weight once per token
+would need at that speed, against the bandwidth measured over a buffer of the
+weights' own size (which may sit in a large last-level cache) and over 1 GiB (DRAM).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from microgpt.bench.hardware import matmul_peak, memory_bandwidth
+from microgpt.generate import stream
+from microgpt.model import GPT
+from microgpt.sampling import SamplingParams
+from microgpt.zoo import get_preset
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def decode_tokens_per_s(model: GPT, *, tokens: int, runs: int, compile: bool) -> float:
+    """Best tokens/s of a few greedy single-stream generations of `tokens` tokens."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=tokens)
+    for _ in stream(model, [0], params, compile=compile):  # warm-up (and compile)
+        pass
+    best = 0.0
+    for run in range(runs):
+        start = time.perf_counter()
+        n = sum(1 for _ in stream(model, [run % model.config.vocab_size], params, compile=compile))
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def run(
+    preset: str, precisions: list[str], *, tokens: int, runs: int, eager: bool, threads: int | None
+) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = get_preset(preset, model={"dropout": 0.0}).model
+    tokens = min(tokens, config.block_size)
+    base = GPT(config).eval()
+    fp32_bytes = 4 * base.num_params()
+    dram = memory_bandwidth()
+    working_set = memory_bandwidth(fp32_bytes)
+    peaks = {name: matmul_peak(dtype) for name, dtype in PRECISIONS.items()}
+    print(
+        f"machine: {torch.get_num_threads()} threads; read bandwidth {dram / 1e9:.1f} GB/s over 1 GiB, "
+        f"{working_set / 1e9:.1f} GB/s over {fp32_bytes / 1e6:.0f} MB; matmul peak fp32 "
+        f"{peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s"
+    )
+    print(
+        f"model: {preset}, {base.num_params() / 1e6:.2f}M parameters, greedy single stream, "
+        f"{tokens} tokens per generation, best of {runs}"
+    )
+    modes = ["eager"] if eager else ["eager", "compiled"]
+    for name in precisions:
+        model = GPT(config).eval()
+        model.load_state_dict(base.state_dict())
+        model.to(PRECISIONS[name])
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        for mode in modes:
+            tps = decode_tokens_per_s(model, tokens=tokens, runs=runs, compile=mode == "compiled")
+            print(
+                f"  {name:5s} {mode:9s} {tps:7.0f} tokens/s   weights {weight_bytes / 1e6:5.1f} MB   "
+                f"{tps * weight_bytes / working_set:4.0%} of the working-set bandwidth "
+                f"(bound {working_set / weight_bytes:5.0f} tokens/s)"
+            )

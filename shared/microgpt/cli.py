@@ -1,0 +1,197 @@
+"""The `microgpt` command line.
+
+    microgpt zoo                                  # presets with parameter counts
+    microgpt sample CKPT --prompt "ma" -n 5       # text from a checkpoint
+    microgpt reference --data names --out ckpt    # train with the pure-Python engine
+    microgpt bench generate                       # decode speed vs this machine's ceilings
+
+Every expected failure (bad path, bad checkpoint, bad parameter) prints one line
+on stderr and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_USAGE = 2
+
+
+def cmd_zoo(args: argparse.Namespace) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from microgpt.model import GPT
+    from microgpt.zoo import PRESETS
+
+    table = Table("preset", "params", "layers", "dims", "heads (kv)", "context", "vocab", "shape")
+    for preset in PRESETS.values():
+        cfg = preset.model
+        with torch.device("meta"):  # counts parameters without allocating them
+            n = GPT(cfg).num_params()
+        shape = f"{cfg.position}/{cfg.norm}/{cfg.mlp}" + ("" if cfg.tie_embeddings else "/untied")
+        table.add_row(
+            preset.name,
+            f"{n:,}",
+            str(cfg.n_layer),
+            str(cfg.n_embd),
+            f"{cfg.n_head} ({cfg.kv_heads})",
+            str(cfg.block_size),
+            str(cfg.vocab_size),
+            shape,
+        )
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    for preset in PRESETS.values():
+        console.print(f"[bold]{preset.name}[/]: {preset.source}", highlight=False)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from microgpt.checkpoint import load_checkpoint
+    from microgpt.sampling import SamplingParams
+    from microgpt.textgen import complete, stream_text
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.tokenizer is None:
+        raise ValueError(f"{args.checkpoint} has no tokenizer.json, so it cannot turn text into tokens")
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=args.stop or [],
+        seed=args.seed,
+    )
+    if args.stream:
+        print(args.prompt, end="", flush=True)
+        for delta in stream_text(ckpt.model, ckpt.tokenizer, args.prompt, params):
+            print(delta, end="", flush=True)
+        print()
+        return
+    # One seed per sample (seed, seed+1, ...): reproducible, yet not n copies of one sample.
+    per_sample = [
+        params if args.seed is None else params.model_copy(update={"seed": args.seed + i})
+        for i in range(args.num_samples)
+    ]
+    for completion in complete(ckpt.model, ckpt.tokenizer, [args.prompt] * args.num_samples, per_sample):
+        print(args.prompt + completion.text)
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    from microgpt import reference
+    from microgpt.data.sources import load_documents
+
+    result = reference.train(load_documents(args.data), steps=args.steps, seed=args.seed)
+    print(f"--- {args.samples} samples (temperature {args.temperature}) ---")
+    for text in result.samples(args.samples, temperature=args.temperature, seed=args.seed):
+        print(text)
+    if args.out:
+        save_reference_checkpoint(result, args.out)
+        print(f"saved a checkpoint to {args.out}; try: microgpt sample {args.out}")
+
+
+def save_reference_checkpoint(result: object, out: str) -> None:
+    """The reference engine's weights as a torch checkpoint: same names, same math."""
+    import torch
+
+    from microgpt.checkpoint import save_checkpoint
+    from microgpt.config import GPTConfig
+    from microgpt.model import GPT
+    from microgpt.tokenizers import CharTokenizer
+
+    model = GPT(GPTConfig(**result.model.config))
+    state = {name: torch.tensor(value) for name, value in result.model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["wte.weight"]
+    model.load_state_dict(state)
+    save_checkpoint(out, model, tokenizer=CharTokenizer(result.chars), preset="micro")
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> None:
+    from microgpt.bench.generate import PRECISIONS, run
+
+    for name in args.precision:
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")
+    run(
+        args.preset,
+        args.precision,
+        tokens=args.tokens,
+        runs=args.runs,
+        eager=args.eager,
+        threads=args.threads,
+    )
+
+
+def one_line(error: Exception) -> str:
+    """The error as one line; pydantic errors become `field: message; ...`."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
+    return " ".join(str(error).split())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("zoo", help="list the model presets").set_defaults(run=cmd_zoo)
+
+    sample = commands.add_parser("sample", help="generate text from a checkpoint")
+    sample.add_argument("checkpoint", help="checkpoint directory")
+    sample.add_argument("--prompt", default="", help="text to continue (default: from BOS)")
+    sample.add_argument("-n", "--num-samples", type=int, default=5)
+    sample.add_argument("--max-new-tokens", type=int, default=200)
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--min-p", type=float, default=0.0)
+    sample.add_argument("--repetition-penalty", type=float, default=1.0)
+    sample.add_argument("--stop", action="append", help="stop string (repeatable)")
+    sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--stream", action="store_true", help="print one sample as it is generated")
+    sample.set_defaults(run=cmd_sample)
+
+    ref = commands.add_parser("reference", help="train microgpt's model with the pure-Python engine")
+    ref.add_argument("--data", default="names", help="built-in data set or text file, one document per line")
+    ref.add_argument("--steps", type=int, default=1000)
+    ref.add_argument("--seed", type=int, default=42)
+    ref.add_argument("--samples", type=int, default=20)
+    ref.add_argument("--temperature", type=float, default=0.5)
+    ref.add_argument("--out", help="also save the trained weights as a checkpoint directory")
+    ref.set_defaults(run=cmd_reference)
+
+    bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench", required=True
+    )
+    gen = bench.add_parser("generate", help="single-stream decode tokens/s")
+    gen.add_argument("--preset", default="shakespeare")
+    gen.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    gen.add_argument("--tokens", type=int, default=256, help="tokens per generation (capped at the context)")
+    gen.add_argument("--runs", type=int, default=5)
+    gen.add_argument("--eager", action="store_true", help="skip the compiled decode step")
+    gen.add_argument("--threads", type=int, default=None)
+    gen.set_defaults(run=cmd_bench_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except (ValueError, OSError) as e:  # CheckpointError and pydantic's ValidationError are ValueErrors
+        print(f"microgpt {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Preallocated key/value cache for incremental decoding, one length per sequence.
+
+Each row of the batch is a slot with its own length, so sequences of different
+prompt lengths decode together and a serving scheduler can refill one slot while
+the others keep going. Keys and values are written in place at each row's
+positions; attention masks out everything past a row's own position, so stale
+entries from a padded prefill or a retired sequence are never read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from microgpt.config import GPTConfig
+
+
+class KVCache:
+    """Per layer, keys and values of shape (B, n_kv_head, max_len, head_size).
+
+    One tensor per layer (not one 5-D tensor) so that writes are in-place updates
+    of a whole buffer, which torch.compile keeps in place instead of copying.
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.max_len = max_len or config.block_size
+        if self.max_len > config.block_size:
+            raise ValueError(f"max_len {self.max_len} exceeds the context of {config.block_size}")
+        shape = (batch_size, config.kv_heads, self.max_len, config.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1)
+        self._key_positions = torch.arange(self.max_len, device=device)  # (L,)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def positions(self, n_new: int) -> torch.Tensor:
+        """Positions (B, T) that the next `n_new` tokens of every row occupy."""
+        return self.lengths[:, None] + torch.arange(n_new, device=self.lengths.device)
+
+    def attention_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, L) boolean mask: a query at position p sees keys at positions <= p."""
+        return (self._key_positions <= positions[..., None])[:, None]
+
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_head, T, hs) at `positions` and return the layer's full cache."""
+        self.k[layer][self._rows, :, positions] = k.transpose(1, 2)
+        self.v[layer][self._rows, :, positions] = v.transpose(1, 2)
+        return self.k[layer], self.v[layer]
+
+    def advance(self, n_new: torch.Tensor | int) -> None:
+        """Commit `n_new` tokens (an int, or one count per row) after a forward pass."""
+        self.lengths += n_new
+
+    def reset(self, row: int | None = None) -> None:
+        """Empty one row (a retired sequence) or the whole cache."""
+        if row is None:
+            self.lengths.zero_()
+        else:
+            self.lengths[row] = 0

@@ -1,0 +1,85 @@
+"""Sampling parameters and the choice of the next token from logits.
+
+The order follows Hugging Face and vLLM: penalties on the raw logits, then
+temperature, then the top-k / top-p / min-p filters, then a draw from a seeded
+generator (one per sequence, so batched and single decoding pick the same tokens).
+Temperature 0 means greedy. Invalid values raise `ValueError` (pydantic's
+`ValidationError` is one) naming the field.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(256, ge=0)
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float = Field(0.0, ge=0.0, lt=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)  # HF/CTRL: >1 discourages seen tokens
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # OpenAI: per occurrence
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # OpenAI: once per seen token
+    stop: list[str] = Field(default_factory=list)  # stop strings, applied on decoded text
+    stop_token_ids: list[int] = Field(default_factory=list)  # e.g. EOS; never emitted
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator seeded from `seed`, or from fresh entropy when no seed is given."""
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
+
+
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Penalise tokens by how often they already occur; counts is (V,) over prompt and output."""
+    if params.repetition_penalty != 1.0:
+        seen = counts > 0
+        penalised = torch.where(
+            logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty
+        )
+        logits = torch.where(seen, penalised, logits)
+    if params.frequency_penalty or params.presence_penalty:
+        logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, top-p (nucleus) and min-p; removed tokens get -inf."""
+    logits = logits / params.temperature
+    if params.top_k is not None and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the first past p
+        logits = logits.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
+    if params.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def choose_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator, counts: torch.Tensor | None
+) -> int:
+    """The next token id for one sequence, from its logits (V,)."""
+    logits = logits.float()
+    if counts is not None:
+        logits = apply_penalties(logits, counts, params)
+    if params.greedy:
+        return int(logits.argmax())
+    probs = filter_logits(logits, params).softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,116 @@
+"""Text on top of the token engine: prompts in, text out, stop strings honoured.
+
+`TextStream` turns one sequence's tokens into text deltas. It decodes the whole
+output each time (so multi-byte characters split across tokens come out whole)
+and holds back any tail that could still become a stop string, so a stop string
+is never streamed, even in part. `complete` and `stream_text` drive
+`microgpt.generate.Decoder` with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from microgpt.generate import Decoder, FinishReason
+from microgpt.model import GPT
+from microgpt.sampling import SamplingParams
+from microgpt.tokenizers import Tokenizer
+
+
+class TextStream:
+    """Incremental detokenizer for one sequence, with stop strings."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the decoded text already handed out
+        self.text = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add a token; return the text that is now safe to show."""
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        for s in self.stop:
+            at = self.text.find(s, max(0, self.emitted - len(s)))
+            if at != -1:
+                self.text, self.stopped = self.text[:at], True
+        safe = len(self.text) if self.stopped else self._safe_length()
+        delta = self.text[self.emitted : safe]
+        self.emitted = max(self.emitted, safe)
+        return delta
+
+    def flush(self) -> str:
+        """The held-back tail, once the sequence has ended."""
+        delta = self.text[self.emitted :]
+        self.emitted = len(self.text)
+        return delta
+
+    def _safe_length(self) -> int:
+        """Length of the prefix that no stop string or unfinished character can change."""
+        end = len(self.text)
+        if self.text.endswith("\ufffd"):  # an incomplete multi-byte character
+            end -= 1
+        for s in self.stop:
+            for k in range(min(len(s) - 1, end), 0, -1):
+                if self.text[end - k : end] == s[:k]:
+                    end = min(end, len(self.text) - k)
+                    break
+        return max(end, self.emitted)
+
+
+@dataclass
+class TextCompletion:
+    text: str
+    tokens: list[int]
+    finish_reason: FinishReason
+
+
+def _encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, starting with BOS where the tokenizer has one."""
+    return [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in prompts]
+
+
+def _with_eos(tokenizer: Tokenizer, params: SamplingParams) -> SamplingParams:
+    if tokenizer.eos_id is None or tokenizer.eos_id in params.stop_token_ids:
+        return params
+    return params.model_copy(update={"stop_token_ids": [*params.stop_token_ids, tokenizer.eos_id]})
+
+
+def complete(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    params: SamplingParams | Sequence[SamplingParams],
+) -> list[TextCompletion]:
+    """Continue each prompt until EOS, a stop string or the token limit (batched)."""
+    per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    per_row = [_with_eos(tokenizer, p) for p in per_row]
+    decoder = Decoder(model, _encode_prompts(tokenizer, prompts), per_row)
+    streams = [TextStream(tokenizer, p.stop) for p in per_row]
+    while (chosen := decoder.step()) is not None:
+        for row, token in enumerate(chosen):
+            if token is not None:
+                streams[row].push(token)
+                if streams[row].stopped:
+                    decoder.finish(row, "stop")
+    return [
+        TextCompletion(s.text, r.tokens, r.finish_reason or "length") for s, r in zip(streams, decoder.results)
+    ]
+
+
+def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str, params: SamplingParams) -> Iterator[str]:
+    """Yield text deltas of one completion as tokens arrive."""
+    params = _with_eos(tokenizer, params)
+    decoder = Decoder(model, _encode_prompts(tokenizer, [prompt]), params)
+    text = TextStream(tokenizer, params.stop)
+    while (chosen := decoder.step()) is not None:
+        if chosen[0] is None:
+            continue
+        if delta := text.push(chosen[0]):
+            yield delta
+        if text.stopped:
+            return
+    if tail := text.flush():
+        yield tail
