@@ -167,3 +167,29 @@ def test_invalid_prompts_raise_value_error() -> None:
         generate(model, [[27]], params)
     with pytest.raises(ValueError, match="2 prompts but 1"):
         Decoder(model, [[1], [2]], [params])
+
+
+def test_attention_window_grows_without_changing_tokens() -> None:
+    """Past 64 and 128 positions the cache widens its attention window; tokens must not notice."""
+    torch.manual_seed(0)
+    model = GPT(FAMILIES["llama"].updated(block_size=160)).double().eval()
+    params = SamplingParams(temperature=1.0, max_new_tokens=150, seed=1)
+    cached = generate(model, [[1, 2, 3]], params)[0].tokens
+    assert len(cached) == 150
+    assert cached == generate(model, [[1, 2, 3]], params, use_cache=False)[0].tokens
+
+
+def test_compiled_decode_step_yields_the_eager_tokens() -> None:
+    """The Inductor-compiled step (frozen weights, autotuned GEMMs, growing windows) changes speed only."""
+    torch.manual_seed(0)
+    model = GPT(FAMILIES["nanogpt"].updated(block_size=100)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)  # peaked distributions: float32 rounding cannot flip the argmax
+    prompts = [[1, 2, 3], [4]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=90)
+    eager = generate(model, prompts, params)
+    compiled = generate(model, prompts, params, compile=True)
+    assert [g.tokens for g in compiled] == [g.tokens for g in eager]
+    assert all(len(g.tokens) == 90 for g in compiled)

@@ -60,9 +60,9 @@ def compiled_decode_step(model: GPT) -> DecodeStep:
         )
 
         def step(idx: torch.Tensor, cache: KVCache, live: torch.Tensor) -> torch.Tensor:
-            # Inductor reads `freezing` outside the per-compile options, so patch it here,
+            # Inductor reads these outside the per-compile options, so patch them here,
             # around every call that may (re)compile.
-            with torch._inductor.config.patch(freezing=True):
+            with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0):
                 return compiled(idx, cache, live)
 
         _compiled_steps[model] = step
@@ -185,6 +185,7 @@ class Decoder:
             return model.lm_head(h[torch.arange(len(sequences)), lengths - 1])
         if self._logits is None:  # prefill
             idx, lengths = self._pad(self.prompts)
+            self.cache.fit_window(idx.shape[1])
             h, _ = model.hidden(idx, kv_cache=self.cache)
             self.cache.advance(lengths)
             self._logits = model.lm_head(h[torch.arange(len(lengths)), lengths - 1])
@@ -192,6 +193,10 @@ class Decoder:
         last = [r.tokens[-1] if r.finish_reason is None else 0 for r in self.results]
         live = torch.tensor([r.finish_reason is None for r in self.results], device=self.device)
         idx = torch.tensor(last, device=self.device)[:, None]
+        live_lengths = [
+            len(p) + len(r.tokens) for p, r in zip(self.prompts, self.results) if r.finish_reason is None
+        ]
+        self.cache.fit_window(max(live_lengths))  # retired rows sit at position 0
         self._logits = self._decode_step(idx, self.cache, live.long())
         return self._logits
 

@@ -5,6 +5,11 @@ prompt lengths decode together and a serving scheduler can refill one slot while
 the others keep going. Keys and values are written in place at each row's
 positions; attention masks out everything past a row's own position, so stale
 entries from a padded prefill or a retired sequence are never read.
+
+Attention reads only a window of the first `window` positions, which the caller
+widens in power-of-two steps as sequences grow (`fit_window`): decoding early in a
+long context does not pay for the empty rest of the cache, and a compiled decode
+step sees only a handful of distinct shapes.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1)
         self._key_positions = torch.arange(self.max_len, device=device)  # (L,)
+        self.window = self.max_len  # positions attention reads: [0, window)
 
     @property
     def batch_size(self) -> int:
@@ -48,17 +54,27 @@ class KVCache:
         """Positions (B, T) that the next `n_new` tokens of every row occupy."""
         return self.lengths[:, None] + torch.arange(n_new, device=self.lengths.device)
 
+    def fit_window(self, needed: int, smallest: int = 64) -> None:
+        """Make attention read the smallest power of two >= `needed` positions (capped at max_len)."""
+        if needed > self.max_len:
+            raise ValueError(f"{needed} positions do not fit a cache of {self.max_len}")
+        window = smallest
+        while window < needed:
+            window *= 2
+        self.window = min(window, self.max_len)
+
     def attention_mask(self, positions: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T, L) boolean mask: a query at position p sees keys at positions <= p."""
-        return (self._key_positions <= positions[..., None])[:, None]
+        """(B, 1, T, window) boolean mask: a query at position p sees keys at positions <= p."""
+        return (self._key_positions[: self.window] <= positions[..., None])[:, None]
 
     def write(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv_head, T, hs) at `positions` and return the layer's full cache."""
+        """Store k, v (B, n_kv_head, T, hs) at `positions`; return the layer's keys and values
+        (B, n_kv_head, window, hs). Positions must lie inside the window."""
         self.k[layer][self._rows, :, positions] = k.transpose(1, 2)
         self.v[layer][self._rows, :, positions] = v.transpose(1, 2)
-        return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, : self.window], self.v[layer][:, :, : self.window]
 
     def advance(self, n_new: torch.Tensor | int) -> None:
         """Commit `n_new` tokens (an int, or one count per row) after a forward pass."""

@@ -96,7 +96,8 @@ def complete(
                 if streams[row].stopped:
                     decoder.finish(row, "stop")
     return [
-        TextCompletion(s.text, r.tokens, r.finish_reason or "length") for s, r in zip(streams, decoder.results)
+        TextCompletion(s.text, r.tokens, r.finish_reason or "length")
+        for s, r in zip(streams, decoder.results)
     ]
 
 

@@ -14,6 +14,8 @@ weights' own size (which may sit in a large last-level cache) and over 1 GiB (DR
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 
 import torch
@@ -30,8 +32,9 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def decode_tokens_per_s(model: GPT, *, tokens: int, runs: int, compile: bool) -> float:
     """Best tokens/s of a few greedy single-stream generations of `tokens` tokens."""
     params = SamplingParams(temperature=0.0, max_new_tokens=tokens)
-    for _ in stream(model, [0], params, compile=compile):  # warm-up (and compile)
-        pass
+    with contextlib.redirect_stderr(io.StringIO()):  # Inductor writes autotuning tables there
+        for _ in stream(model, [0], params, compile=compile):  # warm-up (and compile)
+            pass
     best = 0.0
     for run in range(runs):
         start = time.perf_counter()
