@@ -102,3 +102,11 @@ def test_reference_trains_and_its_checkpoint_samples_with_the_torch_model(tmp_pa
     sampled = microgpt("sample", str(tmp_path / "c"), "-n", "3", "--seed", "0")
     assert sampled.returncode == 0, sampled.stderr
     assert len(sampled.stdout.splitlines()) == 3
+
+
+def test_sample_backends_agree(checkpoint: Path) -> None:
+    common = ["sample", str(checkpoint), "-n", "3", "--temperature", "0", "--prompt", "c"]
+    eager = microgpt(*common)
+    native = microgpt(*common, "--backend", "native")
+    assert native.returncode == 0, native.stderr
+    assert native.stdout == eager.stdout

@@ -190,6 +190,6 @@ def test_compiled_decode_step_yields_the_eager_tokens() -> None:
     prompts = [[1, 2, 3], [4]]
     params = SamplingParams(temperature=0.0, max_new_tokens=90)
     eager = generate(model, prompts, params)
-    compiled = generate(model, prompts, params, compile=True)
+    compiled = generate(model, prompts, params, backend="compiled")
     assert [g.tokens for g in compiled] == [g.tokens for g in eager]
     assert all(len(g.tokens) == 90 for g in compiled)

@@ -68,7 +68,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     )
     if args.stream:
         print(args.prompt, end="", flush=True)
-        for delta in stream_text(ckpt.model, ckpt.tokenizer, args.prompt, params):
+        for delta in stream_text(ckpt.model, ckpt.tokenizer, args.prompt, params, backend=args.backend):
             print(delta, end="", flush=True)
         print()
         return
@@ -77,7 +77,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         params if args.seed is None else params.model_copy(update={"seed": args.seed + i})
         for i in range(args.num_samples)
     ]
-    for completion in complete(ckpt.model, ckpt.tokenizer, [args.prompt] * args.num_samples, per_sample):
+    prompts = [args.prompt] * args.num_samples
+    for completion in complete(ckpt.model, ckpt.tokenizer, prompts, per_sample, backend=args.backend):
         print(args.prompt + completion.text)
 
 
@@ -113,18 +114,15 @@ def save_reference_checkpoint(result: object, out: str) -> None:
 
 def cmd_bench_generate(args: argparse.Namespace) -> None:
     from microgpt.bench.generate import PRECISIONS, run
+    from microgpt.generate import BACKENDS
 
     for name in args.precision:
         if name not in PRECISIONS:
             raise ValueError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")
-    run(
-        args.preset,
-        args.precision,
-        tokens=args.tokens,
-        runs=args.runs,
-        eager=args.eager,
-        threads=args.threads,
-    )
+    for name in args.backend:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    run(args.preset, args.precision, args.backend, tokens=args.tokens, runs=args.runs, threads=args.threads)
 
 
 def one_line(error: Exception) -> str:
@@ -155,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--stop", action="append", help="stop string (repeatable)")
     sample.add_argument("--seed", type=int, default=None)
     sample.add_argument("--stream", action="store_true", help="print one sample as it is generated")
+    sample.add_argument(
+        "--backend", choices=["eager", "compiled", "native"], default="eager", help="decode step"
+    )
     sample.set_defaults(run=cmd_sample)
 
     ref = commands.add_parser("reference", help="train microgpt's model with the pure-Python engine")
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     gen.add_argument("--tokens", type=int, default=256, help="tokens per generation (capped at the context)")
     gen.add_argument("--runs", type=int, default=5)
-    gen.add_argument("--eager", action="store_true", help="skip the compiled decode step")
+    gen.add_argument("--backend", nargs="+", default=["eager", "compiled", "native"], help="decode backends")
     gen.add_argument("--threads", type=int, default=None)
     gen.set_defaults(run=cmd_bench_generate)
     return parser

@@ -7,11 +7,13 @@ own sampling parameters, seeded generator and length limit. `generate` and
 `stream` are thin wrappers over it. `use_cache=False` recomputes the whole
 sequence every step; tests use it as the ground truth for the cache.
 
-`compile=True` runs the one-token decode step through TorchInductor with the
-weights frozen as constants and autotuned matmul kernels (AMX / AVX-512 micro-GEMMs
-on CPU, fused elementwise code around them); it compiles once per model and batch
-size (about a minute on 2 cores) and is for inference only: the frozen weights do
-not follow later updates to the model.
+The one-token decode step has three backends, all for inference (their speed-ups
+assume the weights no longer change):
+- `eager`: PyTorch ops, any device; the reference for the other two.
+- `compiled`: TorchInductor with the weights frozen as constants and autotuned
+  matmul kernels (AMX / AVX-512 micro-GEMMs on CPU, Triton on GPU); compiles once
+  per model, batch size and attention window (about a minute on 2 CPU cores).
+- `native`: `microgpt.native`, one C++ call per token on CPU (fp32 or bf16).
 
 A row may produce at most `block_size - len(prompt) + 1` tokens (the last one is
 never fed back), so `max_new_tokens` is capped at the context, as vLLM does.
@@ -32,6 +34,8 @@ from microgpt.model import GPT
 from microgpt.sampling import SamplingParams, choose_next
 
 FinishReason = Literal["stop", "length"]
+Backend = Literal["eager", "compiled", "native"]
+BACKENDS: tuple[Backend, ...] = ("eager", "compiled", "native")
 DecodeStep = Callable[[torch.Tensor, KVCache, torch.Tensor], torch.Tensor]
 
 
@@ -58,15 +62,32 @@ def compiled_decode_step(model: GPT) -> DecodeStep:
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
             },
         )
+        seen: set[tuple[int, int, int]] = set()
 
         def step(idx: torch.Tensor, cache: KVCache, live: torch.Tensor) -> torch.Tensor:
-            # Inductor reads these outside the per-compile options, so patch them here,
-            # around every call that may (re)compile.
+            shape = (*idx.shape, cache.window)
+            if shape in seen:
+                return compiled(idx, cache, live)
+            seen.add(shape)
+            # A new shape compiles. Inductor reads these settings outside the per-compile
+            # options, so they are patched around this call (patching costs ~40 us a call).
             with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0):
                 return compiled(idx, cache, live)
 
         _compiled_steps[model] = step
     return _compiled_steps[model]
+
+
+def make_decode_step(model: GPT, backend: Backend) -> DecodeStep:
+    if backend == "eager":
+        return functools.partial(decode_step, model)
+    if backend == "compiled":
+        return compiled_decode_step(model)
+    if backend == "native":
+        from microgpt.native import native_decode_step
+
+        return native_decode_step(model)
+    raise ValueError(f"unknown decode backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
 @dataclass
@@ -96,7 +117,7 @@ class Decoder:
         params: SamplingParams | Sequence[SamplingParams],
         *,
         use_cache: bool = True,
-        compile: bool = False,
+        backend: Backend = "eager",
     ) -> None:
         if not prompts:
             raise ValueError("no prompts given")
@@ -105,10 +126,10 @@ class Decoder:
         self.params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(self.params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(self.params)} sampling parameter sets")
-        if compile and not use_cache:
-            raise ValueError("compile=True needs use_cache=True")
+        if backend != "eager" and not use_cache:
+            raise ValueError(f"the {backend} backend needs use_cache=True")
         self.model = model
-        self._decode_step = compiled_decode_step(model) if compile else functools.partial(decode_step, model)
+        self._decode_step = make_decode_step(model, backend)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         block = model.config.block_size
@@ -119,6 +140,7 @@ class Decoder:
         self.results = [Generation() for _ in prompts]
         self.generators = [sp.make_generator(self.device) for sp in self.params]
         self.counts = [self._initial_counts(pr, sp) for pr, sp in zip(self.prompts, self.params)]
+        self._plain_greedy = all(sp.greedy and c is None for sp, c in zip(self.params, self.counts))
         self.cache = None
         if use_cache:
             cache_len = min(block, max(len(pr) + n for pr, n in zip(self.prompts, self.limits)))
@@ -155,12 +177,16 @@ class Decoder:
         if self.done:
             return None
         logits = self._next_logits()
+        # All rows greedy without penalties: one argmax for the batch instead of one per row.
+        picks = logits.argmax(-1).tolist() if self._plain_greedy else None
         chosen: list[int | None] = [None] * len(self.results)
         for row, result in enumerate(self.results):
             if result.finish_reason is not None:
                 continue
             sp = self.params[row]
-            token = choose_next(logits[row], sp, self.generators[row], self.counts[row])
+            token = (
+                picks[row] if picks else choose_next(logits[row], sp, self.generators[row], self.counts[row])
+            )
             if token in sp.stop_token_ids:
                 self.finish(row, "stop")
                 continue
@@ -191,13 +217,15 @@ class Decoder:
             self._logits = model.lm_head(h[torch.arange(len(lengths)), lengths - 1])
             return self._logits
         last = [r.tokens[-1] if r.finish_reason is None else 0 for r in self.results]
-        live = torch.tensor([r.finish_reason is None for r in self.results], device=self.device)
+        live = torch.tensor(
+            [r.finish_reason is None for r in self.results], dtype=torch.long, device=self.device
+        )
         idx = torch.tensor(last, device=self.device)[:, None]
         live_lengths = [
             len(p) + len(r.tokens) for p, r in zip(self.prompts, self.results) if r.finish_reason is None
         ]
         self.cache.fit_window(max(live_lengths))  # retired rows sit at position 0
-        self._logits = self._decode_step(idx, self.cache, live.long())
+        self._logits = self._decode_step(idx, self.cache, live)
         return self._logits
 
     def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,10 +244,10 @@ def generate(
     params: SamplingParams | Sequence[SamplingParams],
     *,
     use_cache: bool = True,
-    compile: bool = False,
+    backend: Backend = "eager",
 ) -> list[Generation]:
     """Decode a batch of prompts to completion."""
-    decoder = Decoder(model, prompts, params, use_cache=use_cache, compile=compile)
+    decoder = Decoder(model, prompts, params, use_cache=use_cache, backend=backend)
     while decoder.step() is not None:
         pass
     return decoder.results
@@ -231,10 +259,10 @@ def stream(
     params: SamplingParams,
     *,
     use_cache: bool = True,
-    compile: bool = False,
+    backend: Backend = "eager",
 ) -> Iterator[int]:
     """Yield the tokens of one prompt as they are chosen."""
-    decoder = Decoder(model, [prompt], params, use_cache=use_cache, compile=compile)
+    decoder = Decoder(model, [prompt], params, use_cache=use_cache, backend=backend)
     while (chosen := decoder.step()) is not None:
         if chosen[0] is not None:
             yield chosen[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from microgpt.generate import Decoder, FinishReason
+from microgpt.generate import Backend, Decoder, FinishReason
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams
 from microgpt.tokenizers import Tokenizer
@@ -83,11 +83,13 @@ def complete(
     tokenizer: Tokenizer,
     prompts: Sequence[str],
     params: SamplingParams | Sequence[SamplingParams],
+    *,
+    backend: Backend = "eager",
 ) -> list[TextCompletion]:
     """Continue each prompt until EOS, a stop string or the token limit (batched)."""
     per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
     per_row = [_with_eos(tokenizer, p) for p in per_row]
-    decoder = Decoder(model, _encode_prompts(tokenizer, prompts), per_row)
+    decoder = Decoder(model, _encode_prompts(tokenizer, prompts), per_row, backend=backend)
     streams = [TextStream(tokenizer, p.stop) for p in per_row]
     while (chosen := decoder.step()) is not None:
         for row, token in enumerate(chosen):
@@ -101,10 +103,12 @@ def complete(
     ]
 
 
-def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str, params: SamplingParams) -> Iterator[str]:
+def stream_text(
+    model: GPT, tokenizer: Tokenizer, prompt: str, params: SamplingParams, *, backend: Backend = "eager"
+) -> Iterator[str]:
     """Yield text deltas of one completion as tokens arrive."""
     params = _with_eos(tokenizer, params)
-    decoder = Decoder(model, _encode_prompts(tokenizer, [prompt]), params)
+    decoder = Decoder(model, _encode_prompts(tokenizer, [prompt]), params, backend=backend)
     text = TextStream(tokenizer, params.stop)
     while (chosen := decoder.step()) is not None:
         if chosen[0] is None:

@@ -4,9 +4,9 @@
     microgpt bench generate --preset gpt2-small --precision fp32
 
 Random weights are fine: speed does not depend on what the weights say. Each
-precision decodes through the public `microgpt.generate.stream` API (greedy,
-KV cache, compiled decode step unless --eager), so the figure includes the
-engine's per-token overhead, not just the kernels. "of bandwidth" is the share
+precision and decode backend runs through the public `microgpt.generate.stream`
+API (greedy, KV cache), so the figure includes the engine's per-token overhead,
+not just the kernels. "of bandwidth" is the share
 of the measured memory bandwidth that streaming every weight once per token
 would need at that speed, against the bandwidth measured over a buffer of the
 weights' own size (which may sit in a large last-level cache) and over 1 GiB (DRAM).
@@ -21,7 +21,7 @@ import time
 import torch
 
 from microgpt.bench.hardware import matmul_peak, memory_bandwidth
-from microgpt.generate import stream
+from microgpt.generate import Backend, stream
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams
 from microgpt.zoo import get_preset
@@ -29,22 +29,28 @@ from microgpt.zoo import get_preset
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def decode_tokens_per_s(model: GPT, *, tokens: int, runs: int, compile: bool) -> float:
+def decode_tokens_per_s(model: GPT, *, tokens: int, runs: int, backend: Backend) -> float:
     """Best tokens/s of a few greedy single-stream generations of `tokens` tokens."""
     params = SamplingParams(temperature=0.0, max_new_tokens=tokens)
     with contextlib.redirect_stderr(io.StringIO()):  # Inductor writes autotuning tables there
-        for _ in stream(model, [0], params, compile=compile):  # warm-up (and compile)
+        for _ in stream(model, [0], params, backend=backend):  # warm-up (and compile)
             pass
     best = 0.0
     for run in range(runs):
         start = time.perf_counter()
-        n = sum(1 for _ in stream(model, [run % model.config.vocab_size], params, compile=compile))
+        n = sum(1 for _ in stream(model, [run % model.config.vocab_size], params, backend=backend))
         best = max(best, n / (time.perf_counter() - start))
     return best
 
 
 def run(
-    preset: str, precisions: list[str], *, tokens: int, runs: int, eager: bool, threads: int | None
+    preset: str,
+    precisions: list[str],
+    backends: list[Backend],
+    *,
+    tokens: int,
+    runs: int,
+    threads: int | None,
 ) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -65,16 +71,15 @@ def run(
         f"model: {preset}, {base.num_params() / 1e6:.2f}M parameters, greedy single stream, "
         f"{tokens} tokens per generation, best of {runs}"
     )
-    modes = ["eager"] if eager else ["eager", "compiled"]
     for name in precisions:
         model = GPT(config).eval()
         model.load_state_dict(base.state_dict())
         model.to(PRECISIONS[name])
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        for mode in modes:
-            tps = decode_tokens_per_s(model, tokens=tokens, runs=runs, compile=mode == "compiled")
+        for backend in backends:
+            tps = decode_tokens_per_s(model, tokens=tokens, runs=runs, backend=backend)
             print(
-                f"  {name:5s} {mode:9s} {tps:7.0f} tokens/s   weights {weight_bytes / 1e6:5.1f} MB   "
+                f"  {name:5s} {backend:9s} {tps:7.0f} tokens/s   weights {weight_bytes / 1e6:5.1f} MB   "
                 f"{tps * weight_bytes / working_set:4.0%} of the working-set bandwidth "
                 f"(bound {working_set / weight_bytes:5.0f} tokens/s)"
             )
