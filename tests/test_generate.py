@@ -193,3 +193,10 @@ def test_compiled_decode_step_yields_the_eager_tokens() -> None:
     compiled = generate(model, prompts, params, backend="compiled")
     assert [g.tokens for g in compiled] == [g.tokens for g in eager]
     assert all(len(g.tokens) == 90 for g in compiled)
+
+
+def test_zero_new_tokens_finishes_at_once() -> None:
+    model = make_model("llama")
+    out = generate(model, [[1, 2], [3]], [SamplingParams(max_new_tokens=0), SamplingParams(max_new_tokens=2)])
+    assert out[0].tokens == [] and out[0].finish_reason == "length"
+    assert len(out[1].tokens) == 2

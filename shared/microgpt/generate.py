@@ -146,6 +146,7 @@ class Decoder:
             cache_len = min(block, max(len(pr) + n for pr, n in zip(self.prompts, self.limits)))
             self.cache = KVCache(model.config, len(prompts), cache_len, device=self.device, dtype=self.dtype)
         self._logits: torch.Tensor | None = None
+        self._live = torch.ones(len(prompts), dtype=torch.long, device=self.device)  # rows still decoding
         for row, limit in enumerate(self.limits):
             if limit == 0:
                 self.finish(row, "length")
@@ -168,6 +169,7 @@ class Decoder:
         """Retire a row (its limit, a stop token, or a caller's stop string)."""
         if self.results[row].finish_reason is None:
             self.results[row].finish_reason = reason
+            self._live[row] = 0
             if self.cache is not None:
                 self.cache.reset(row)  # a retired row keeps writing harmlessly at position 0
 
@@ -217,15 +219,12 @@ class Decoder:
             self._logits = model.lm_head(h[torch.arange(len(lengths)), lengths - 1])
             return self._logits
         last = [r.tokens[-1] if r.finish_reason is None else 0 for r in self.results]
-        live = torch.tensor(
-            [r.finish_reason is None for r in self.results], dtype=torch.long, device=self.device
-        )
         idx = torch.tensor(last, device=self.device)[:, None]
         live_lengths = [
             len(p) + len(r.tokens) for p, r in zip(self.prompts, self.results) if r.finish_reason is None
         ]
         self.cache.fit_window(max(live_lengths))  # retired rows sit at position 0
-        self._logits = self._decode_step(idx, self.cache, live)
+        self._logits = self._decode_step(idx, self.cache, self._live)
         return self._logits
 
     def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
