@@ -28,8 +28,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from safetensors import safe_open
 from torch import nn
 
 from microgpt import __version__
+from microgpt.atomic import atomic_directory
 from microgpt.config import GPTConfig
 from microgpt.model import GPT
 from microgpt.tokenizers import Tokenizer, tokenizer_from_json
@@ -140,9 +139,7 @@ def save_checkpoint(
     _dump_json(metadata, what="metadata", allow_nan=False)
     _check_replaceable(target)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(target.parent, f".{target.name}.tmp-")
-    try:
+    with atomic_directory(target) as tmp:
         files: dict[str, str] = {}
         tensors, tied = _weights_to_save(gpt)
         _save_safetensors(tensors, tmp / MODEL_FILE, {_TIED_META_KEY: json.dumps(tied)})
@@ -168,11 +165,6 @@ def save_checkpoint(
         config_json = _dump_json(manifest.model_dump(mode="json"), what="config", sort_keys=False)
         _write_bytes(tmp / CONFIG_FILE, config_json)
         _seal(tmp / CONFIG_FILE)
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -284,33 +276,6 @@ def _seal(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    """A new directory `parent/{prefix}XXXXXXXX` with the umask's permissions (not 0o700)."""
-    while True:
-        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-
-
-def _fresh_name(parent: Path, prefix: str) -> Path:
-    while True:
-        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
-        if not candidate.exists():
-            return candidate
-
-
 def _check_replaceable(target: Path) -> None:
     """Only a checkpoint (or an empty directory) may be replaced: never delete other data."""
     if not target.exists() and not target.is_symlink():
@@ -322,24 +287,6 @@ def _check_replaceable(target: Path) -> None:
             f"refusing to replace {target}: it is a non-empty directory without {CONFIG_FILE}, "
             f"so not a microgpt checkpoint"
         )
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`; an existing target is renamed aside first and deleted last."""
-    parent = target.parent
-    if target.exists():
-        aside = _fresh_name(parent, f".{target.name}.old-")
-        os.rename(target, aside)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            os.rename(aside, target)  # put the old one back
-            raise
-        _fsync_dir(parent)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-        _fsync_dir(parent)
 
 
 # --- loading --------------------------------------------------------------------------

@@ -15,46 +15,20 @@ by `add_bos`/`add_eos`, so text cannot inject a BOS.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from microgpt.atomic import atomic_write_bytes
+
 
 def canonical_json(data: Mapping[str, Any]) -> bytes:
     """One byte string per JSON value: sorted keys, no whitespace, ASCII escapes."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, fsync it, then `os.replace` it into place.
-
-    Readers see the old file or the new one, never a partial write.
-    """
-    path = Path(path)
-    while True:  # O_EXCL with mode 0o666 keeps the umask's permissions, unlike mkstemp's 0o600
-        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 class Tokenizer(ABC):
