@@ -3,6 +3,8 @@
     microgpt zoo                                  # presets with parameter counts
     microgpt sample CKPT --prompt "ma" -n 5       # text from a checkpoint
     microgpt reference --data names --out ckpt    # train with the pure-Python engine
+    microgpt tokenizer train --kind bpe --vocab-size 4096 --data pystdlib --out tok.json
+    microgpt data prepare shakespeare             # download once, verify, write token shards
     microgpt bench generate                       # decode speed vs this machine's ceilings
 
 Every expected failure (bad path, bad checkpoint, bad parameter) prints one line
@@ -14,6 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+
+from microgpt.data.cli import register as register_data
+from microgpt.tokenizers.cli import register as register_tokenizer
+from microgpt.tokenizers.cli import register_bench as register_tokenizer_bench
 
 EXIT_USAGE = 2
 
@@ -85,8 +91,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_reference(args: argparse.Namespace) -> None:
     from microgpt import reference
     from microgpt.data.sources import load_documents
+    from microgpt.settings import get_settings
 
-    result = reference.train(load_documents(args.data), steps=args.steps, seed=args.seed)
+    docs = load_documents(args.data, cache_dir=get_settings().cache)
+    result = reference.train(docs, steps=args.steps, seed=args.seed)
     print(f"--- {args.samples} samples (temperature {args.temperature}) ---")
     for text in result.samples(args.samples, temperature=args.temperature, seed=args.seed):
         print(text)
@@ -134,6 +142,13 @@ def one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+def cmd_bench_prepare(args: argparse.Namespace) -> None:
+    from microgpt.bench.prepare import run
+
+    if run(args.size_gb, tokenizer=args.tokenizer)["peak_rss_bytes"] >= 1 << 30:
+        raise ValueError("peak RSS reached 1 GiB: preparation is not streaming")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--out", help="also save the trained weights as a checkpoint directory")
     ref.set_defaults(run=cmd_reference)
 
+    register_tokenizer(commands)
+    register_data(commands)
+
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", required=True
     )
+    register_tokenizer_bench(bench)
+    prep = bench.add_parser("prepare", help="prepare a synthetic corpus: MB/s and peak RSS")
+    prep.add_argument("--size-gb", type=float, default=1.0)
+    prep.add_argument("--tokenizer", choices=["char", "byte"], default="char")
+    prep.set_defaults(run=cmd_bench_prepare)
     gen = bench.add_parser("generate", help="single-stream decode tokens/s")
     gen.add_argument("--preset", default="shakespeare")
     gen.add_argument("--precision", nargs="+", default=["fp32", "bf16"])

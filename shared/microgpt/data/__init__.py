@@ -1,1 +1,15 @@
-"""Data: where documents come from (`sources`), and later how they become token shards."""
+"""Data: from a source to token shards to training batches. One concept per module:
+
+    sources    where text comes from (files, directories, globs, JSONL, lists), read as a stream
+    builtin    named data sets (names, names-32k, shakespeare, pystdlib) and the verified download cache
+    prepare    a source tokenized once into shards + manifest, reused until its inputs change
+    manifest   what a prepared directory holds; the tokenizer and vocabulary checks
+    shards     the shard files: written with bounded memory, read lazily with numpy.memmap
+    batches    (x, y) batches as a pure function of (seed, step, rank)
+    cli        `microgpt data prepare|ls`
+
+    microgpt data prepare shakespeare
+    python -m microgpt.bench.prepare      # throughput and peak memory on a 1 GiB corpus
+
+Importing this package imports nothing else; `batches` is the only module that needs torch.
+"""

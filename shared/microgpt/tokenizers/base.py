@@ -1,14 +1,15 @@
 """The tokenizer interface every kind implements: text <-> token ids, saved as JSON.
 
-A tokenizer is data: `to_json()` gives a JSON object with a `"kind"` field, and
+A tokenizer is data: `to_json()` gives a JSON object that names its kind, and
 `microgpt.tokenizers.tokenizer_from_json` rebuilds it through a registry keyed by
 kind. `content_hash` is the sha256 of the canonical JSON, so two tokenizers with the
 same vocabulary have the same hash in every process, and a checkpoint or dataset
 cache can name the exact tokenizer it was built with.
 
-Kinds backed by the Hugging Face `tokenizers` library return their standard
-tokenizer.json from `to_json()` with the `"kind"` key added beside `"version"`,
-`"model"` and the rest (that library ignores top-level keys it does not know).
+microgpt's own kinds (char, byte) name it in a `"kind"` field. Kinds backed by the
+Hugging Face `tokenizers` library return their standard tokenizer.json unchanged:
+that library refuses top-level keys it does not know, so the kind is read from the
+layout (model type and pre-tokenizer; `microgpt.tokenizers.hf.hf_kind`).
 Special tokens never come out of `encode` for ordinary text: they are added only
 by `add_bos`/`add_eos`, so text cannot inject a BOS.
 """
@@ -91,12 +92,23 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def to_json(self) -> dict[str, Any]:
-        """A JSON object holding everything needed to rebuild this tokenizer, with "kind"."""
+        """A JSON object holding everything needed to rebuild this tokenizer, naming its kind."""
 
     @classmethod
     @abstractmethod
     def from_json(cls, data: Mapping[str, Any]) -> Tokenizer:
         """Rebuild from `to_json()` output; malformed data is a ValueError naming the field."""
+
+    @classmethod
+    def _check_header(cls, data: Mapping[str, Any], version: int) -> None:
+        """The `kind` and `version` fields of microgpt's own JSON layouts."""
+        if data.get("kind") != cls.kind:
+            raise ValueError(f"expected kind {cls.kind!r}, got {data.get('kind')!r}")
+        if data.get("version") != version:
+            raise ValueError(
+                f"{cls.kind} tokenizer JSON version {data.get('version')!r} is not one this microgpt "
+                f"reads (it reads version {version})"
+            )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON (readable, UTF-8) atomically to `path`."""

@@ -120,13 +120,7 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CharTokenizer:
-        if data.get("kind") != cls.kind:
-            raise ValueError(f"expected kind 'char', got {data.get('kind')!r}")
-        if data.get("version") != JSON_VERSION:
-            raise ValueError(
-                f"char tokenizer JSON version {data.get('version')!r} is not one this microgpt "
-                f"reads (it reads version {JSON_VERSION})"
-            )
+        cls._check_header(data, JSON_VERSION)
         unknown = set(data) - {"kind", "version", "chars", "specials", "vocab_size"}
         if unknown:
             raise ValueError(f"char tokenizer JSON has unknown fields: {sorted(unknown)}")

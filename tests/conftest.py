@@ -1,0 +1,21 @@
+"""Fixtures shared across test files: the read-only public data sets beside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`$MICROGPT_SHARED_DATA`, else `<repo>/../shared/data` (names.txt, tinyshakespeare.txt).
+
+    Tests copy from it into their own temporary directories and never write to it.
+    """
+    env = os.environ.get("MICROGPT_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (path / "names.txt").is_file() or not (path / "tinyshakespeare.txt").is_file():
+        pytest.skip(f"the shared data sets are not at {path} (set MICROGPT_SHARED_DATA to their folder)")
+    return path
