@@ -12,10 +12,15 @@ import pytest
 def shared_data() -> Path:
     """`$MICROGPT_SHARED_DATA`, else `<repo>/../shared/data` (names.txt, tinyshakespeare.txt).
 
-    Tests copy from it into their own temporary directories and never write to it.
+    Tests copy from it into their own temporary directories and never write to it. On a
+    laptop without it the tests that need it are skipped with this reason; in CI (`CI` set)
+    its absence is a failure, since nothing may be skipped there.
     """
     env = os.environ.get("MICROGPT_SHARED_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not (path / "names.txt").is_file() or not (path / "tinyshakespeare.txt").is_file():
-        pytest.skip(f"the shared data sets are not at {path} (set MICROGPT_SHARED_DATA to their folder)")
+        reason = f"the shared data sets are not at {path} (set MICROGPT_SHARED_DATA to their folder)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     return path

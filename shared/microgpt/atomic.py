@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def fresh_path(parent: Path, prefix: str) -> Path:
-    """A name `parent/{prefix}XXXXXXXX` that does not exist yet."""
+    """A name `parent/{prefix}` + 8 random hex digits that does not exist yet."""
     while True:
         candidate = parent / f"{prefix}{secrets.token_hex(4)}"
         if not candidate.exists():
