@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from microgpt.data.cli import register as register_data
 from microgpt.tokenizers.cli import register as register_tokenizer
 from microgpt.tokenizers.cli import register_bench as register_tokenizer_bench
+from microgpt.train.cli import register as register_train
 
 EXIT_USAGE = 2
 
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_tokenizer(commands)
     register_data(commands)
+    register_train(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", required=True

@@ -1,0 +1,423 @@
+"""The training loop: one function for every preset, from microgpt's one name per step to GPT-2.
+
+    microgpt train --preset micro --out runs/micro           # the CLI (microgpt.train.cli) calls it
+    result = train("micro", out_dir=Path("runs/micro"), cache_dir=get_settings().cache)
+    result = train("micro", out_dir=Path("runs/micro"), cache_dir=..., resume=True)  # continue
+
+Design choices a reader must know:
+
+- A run is a pure function of its configs and seed. Batch `step` comes from
+  `Batches.get(step)` (seeded by (seed, split, step), nothing drawn before matters),
+  the model is initialised under `torch.manual_seed(seed)`, and the checkpoint holds the
+  optimizer state and every RNG state (python, numpy, torch, as JSON lists). So a run
+  stopped at step k and resumed reproduces the uninterrupted run bit for bit on CPU:
+  the same per-step losses and the same final weights.
+- One step is `grad_accum` micro-batches of `batch_size` rows; its loss is the mean of
+  their mean per-token losses (targets of -1, the padding of documents mode, are
+  ignored). For `micro` that is microgpt's definition: one name per step, the mean loss
+  over its positions.
+- `out_dir` holds `checkpoint/` (the latest, replaced atomically, see
+  `microgpt.checkpoint`) and `metrics.jsonl` (one line per step and per evaluation).
+  A resumed run first drops metrics lines past the checkpoint's step, so the log reads
+  as if the run had never stopped.
+- Stopping is cooperative: `stop_flag` (an Event or a callable) is checked at step
+  boundaries; when set, the loop checkpoints and returns. `stop_on_signals` turns
+  SIGTERM/SIGINT into that flag for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from microgpt.checkpoint import load_checkpoint, load_optimizer_state, read_config, save_checkpoint
+from microgpt.config import GPTConfig, TrainConfig
+from microgpt.data.batches import IGNORE_INDEX, Batches
+from microgpt.data.manifest import TOKENIZER_FILE, check_vocab
+from microgpt.data.prepare import prepare_dataset
+from microgpt.model import GPT
+from microgpt.tokenizers import Tokenizer, load_tokenizer
+from microgpt.zoo import Preset, get_preset
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+STATE_FORMAT = 1
+# Settings that may change between a run and its resumption; any other change is refused.
+RESUMABLE_CHANGES = {"max_steps", "eval_interval", "eval_steps"}
+_BUILTIN_VOCAB_KINDS = ("char", "byte")  # kinds whose vocabulary size is fixed by the data
+
+
+class TrainCallback:
+    """Hooks the loop calls; override any of them. Records are the metrics.jsonl lines."""
+
+    def on_step(self, record: dict[str, Any]) -> None: ...
+
+    def on_eval(self, record: dict[str, Any]) -> None: ...
+
+    def on_checkpoint(self, path: Path, step: int) -> None: ...
+
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+StopFlag = _Flag | Callable[[], bool]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    step: int  # steps completed, counting those before a resume
+    max_steps: int
+    losses: list[float]  # one per completed step, from step 1
+    val_loss: float | None  # the last evaluation's
+    stopped: bool  # the stop flag ended the run before max_steps
+    wall_seconds: float  # this call's, data preparation included
+    tokens_per_second: float  # this call's steps, counting target tokens (not padding)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """The learning rate of update `step` (0-based): linear warmup, then decay to min_lr.
+
+    With no warmup and a linear schedule to 0 this is microgpt's lr * (1 - step / steps).
+    """
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+    if tc.lr_schedule == "linear":
+        return tc.min_lr + (tc.lr - tc.min_lr) * (1.0 - progress)
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """Plain Adam (microgpt), or AdamW decaying only matrices that are not embeddings.
+
+    Norm gains, biases (1-D) and embedding tables get no weight decay: decay would pull
+    a gain toward 0 and a rare token's embedding toward nothing.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
+    groups = [
+        {"params": decay, "weight_decay": tc.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, eps=tc.eps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, steps: int, device: torch.device) -> float:
+    """Mean loss over val batches 0..steps-1: the same batches every time, so comparable."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(steps):
+        x, y = batches.get(i)
+        total += model(x.to(device), y.to(device)).loss.item()
+    model.train(was_training)
+    return total / steps
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop may touch, as JSON-safe lists."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            *(x.item() if hasattr(x, "item") else x for x in np_state[2:]),
+        ],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def train(
+    preset: str | Preset,
+    *,
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    data: str | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    checkpoint_interval: int | None = None,
+    resume: bool = False,
+    callbacks: Sequence[TrainCallback] | None = None,
+    stop_flag: StopFlag | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train `preset` (a zoo name or a Preset) with overrides; checkpoints land in `out_dir`.
+
+    `data` defaults to the preset's data set; it is prepared (or reused) under `cache_dir`
+    with the preset's tokenizer and data mode. `checkpoint_interval` defaults to the
+    eval interval. With `resume`, the run continues from `out_dir`'s checkpoint; without
+    it, an existing checkpoint there is an error rather than silently replaced.
+
+    Each step appends `{"kind": "train", "step", "loss", "lr", "tokens_per_s"}` to
+    `out_dir/metrics.jsonl` and passes it to every callback's `on_step`; evaluations append
+    `{"kind": "eval", "step", "val_loss"}` (`on_eval`). `stop_flag` (a threading.Event or a
+    callable) is checked between steps: when set, the loop checkpoints and returns with
+    `stopped=True`. Errors a user can fix are ValueErrors.
+    """
+    started = time.perf_counter()
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    p = p.with_overrides(model=model_overrides, train=train_overrides)
+    tc = p.train
+    source = data or tc.dataset
+    if source is None:
+        raise ValueError(f"preset {p.name!r} names no data set; pass data (a built-in name or a path)")
+    interval = checkpoint_interval if checkpoint_interval is not None else tc.eval_interval
+    if interval < 1:
+        raise ValueError(f"checkpoint_interval must be >= 1, got {interval}")
+    out = Path(out_dir)
+    ckpt_dir = out / CHECKPOINT_DIR
+    has_checkpoint = (ckpt_dir / "config.json").is_file()
+    if resume and not has_checkpoint:
+        # A kill between the two renames of a checkpoint swap leaves the old one aside.
+        aside = sorted(out.glob(f".{CHECKPOINT_DIR}.old-*")) if out.is_dir() else []
+        hint = f" (an interrupted save left the previous one at {aside[0]}; rename it back)" if aside else ""
+        raise ValueError(f"nothing to resume: {ckpt_dir} holds no checkpoint{hint}")
+    if not resume and has_checkpoint:
+        raise ValueError(f"{ckpt_dir} already holds a checkpoint; resume it, or choose another out_dir")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    prepared, tokenizer = _prepare(source, p, cache_dir)
+    mc = p.model.updated(vocab_size=tokenizer.vocab_size)
+    check_vocab(tokenizer, mc.vocab_size)
+    train_batches = Batches(
+        prepared, batch_size=tc.batch_size, block_size=mc.block_size, seed=tc.seed, tokenizer=tokenizer
+    )
+    val_batches = Batches(
+        prepared, batch_size=tc.batch_size, block_size=mc.block_size, seed=tc.seed, split="val"
+    )
+
+    torch.manual_seed(tc.seed)
+    model = GPT(mc).to(dev)
+    model.train()
+    optimizer = build_optimizer(model, tc)
+    losses: list[float] = []
+    val_losses: list[tuple[int, float]] = []
+    step = 0
+    metrics_path = out / METRICS_FILE
+    if resume:
+        state = _restore(ckpt_dir, model, optimizer, mc, tc, source)
+        step, losses = state["step"], list(state["losses"])
+        val_losses = [(int(s), float(v)) for s, v in state.get("val_losses", [])]
+        _truncate_metrics(metrics_path, step)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+
+    hooks = list(callbacks or [])
+    tokens_this_call = 0
+    stopped = False
+
+    def checkpoint() -> None:
+        state = {
+            "format": STATE_FORMAT,
+            "step": step,
+            "preset": p.name,
+            "data": source,
+            "model": mc.model_dump(mode="json"),
+            "train": tc.model_dump(mode="json"),
+            "losses": losses,
+            "val_losses": val_losses,
+            "rng": rng_state(),
+        }
+        save_checkpoint(
+            ckpt_dir,
+            model,
+            tokenizer=tokenizer,
+            preset=p.name,
+            optimizer=optimizer,
+            trainer_state=state,
+            metadata={"data": source, "step": step},
+        )
+        for hook in hooks:
+            hook.on_checkpoint(ckpt_dir, step)
+
+    loop_started = time.perf_counter()
+    with open(metrics_path, "a") as log:
+
+        def emit(record: dict[str, Any]) -> None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+        while step < tc.max_steps:
+            if _is_set(stop_flag):
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            lr = lr_at(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=dev)
+            tokens = 0
+            for micro in range(tc.grad_accum):
+                x, y = train_batches.get(step * tc.grad_accum + micro)
+                tokens += int((y != IGNORE_INDEX).sum())
+                loss = model(x.to(dev), y.to(dev)).loss
+                (loss / tc.grad_accum).backward()
+                total += loss.detach()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            loss_value = (total / tc.grad_accum).item()
+            dt = time.perf_counter() - t0
+            losses.append(loss_value)
+            tokens_this_call += tokens
+            record = {
+                "kind": "train",
+                "step": step,
+                "loss": loss_value,
+                "lr": lr,
+                "tokens_per_s": tokens / dt if dt > 0 else 0.0,
+            }
+            emit(record)
+            for hook in hooks:
+                hook.on_step(record)
+            if step % tc.eval_interval == 0 or step == tc.max_steps:
+                val = evaluate(model, val_batches, tc.eval_steps, dev)
+                val_losses.append((step, val))
+                record = {"kind": "eval", "step": step, "val_loss": val}
+                emit(record)
+                for hook in hooks:
+                    hook.on_eval(record)
+            saved = step % interval == 0 or step == tc.max_steps
+            if saved:
+                checkpoint()
+            if step < tc.max_steps and _is_set(stop_flag):
+                if not saved:
+                    checkpoint()
+                stopped = True
+                break
+
+    finished = time.perf_counter()
+    wall, looped = finished - started, finished - loop_started
+    return TrainResult(
+        out_dir=out,
+        checkpoint=ckpt_dir,
+        step=step,
+        max_steps=tc.max_steps,
+        losses=losses,
+        val_loss=val_losses[-1][1] if val_losses else None,
+        stopped=stopped,
+        wall_seconds=wall,
+        tokens_per_second=tokens_this_call / looped if looped > 0 else 0.0,
+        val_losses=val_losses,
+    )
+
+
+def _is_set(flag: StopFlag | None) -> bool:
+    if flag is None:
+        return False
+    if hasattr(flag, "is_set"):
+        return bool(flag.is_set())
+    return bool(flag())
+
+
+def _prepare(source: str, p: Preset, cache_dir: str | Path) -> tuple[Path, Tokenizer]:
+    """The prepared directory and its tokenizer, with the preset's tokenizer and data mode."""
+    tc = p.train
+    spec = tc.tokenizer
+    trained_kind = (
+        spec not in _BUILTIN_VOCAB_KINDS and not spec.endswith(".json") and not Path(spec).is_file()
+    )
+    prepared, _ = prepare_dataset(
+        source,
+        cache_dir=cache_dir,
+        tokenizer=spec,
+        vocab_size=p.model.vocab_size if trained_kind else None,
+        mode=tc.data_mode,
+    )
+    return prepared, load_tokenizer(prepared / TOKENIZER_FILE)
+
+
+def _restore(
+    ckpt_dir: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    mc: GPTConfig,
+    tc: TrainConfig,
+    source: str,
+) -> dict[str, Any]:
+    """Load weights, optimizer and RNG states from `ckpt_dir`; refuse a different recipe."""
+    saved_model = read_config(ckpt_dir).model
+    if saved_model != mc:
+        raise ValueError(
+            f"cannot resume {ckpt_dir}: {_diff(saved_model.model_dump(), mc.model_dump(), 'model')}"
+        )
+    ckpt = load_checkpoint(ckpt_dir, device=next(model.parameters()).device)
+    state = ckpt.trainer_state
+    if state is None or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"cannot resume {ckpt_dir}: it holds no trainer state of format {STATE_FORMAT}")
+    saved_train = TrainConfig.model_validate(state["train"]).model_dump()
+    now = tc.model_dump()
+    changed = {k for k in now if saved_train[k] != now[k]} - RESUMABLE_CHANGES
+    if changed:
+        diff = _diff({k: saved_train[k] for k in changed}, {k: now[k] for k in changed}, "train")
+        raise ValueError(f"cannot resume {ckpt_dir}: {diff}")
+    if state["data"] != source:
+        raise ValueError(f"cannot resume {ckpt_dir}: it trained on {state['data']!r}, not {source!r}")
+    if state["step"] > tc.max_steps:
+        raise ValueError(
+            f"cannot resume {ckpt_dir}: it is at step {state['step']}, past max_steps {tc.max_steps}"
+        )
+    model.load_state_dict(ckpt.model.state_dict())
+    load_optimizer_state(ckpt_dir, optimizer)
+    set_rng_state(state["rng"])
+    return state
+
+
+def _diff(saved: dict[str, Any], now: dict[str, Any], section: str) -> str:
+    parts = [
+        f"{section}.{k} was {saved[k]!r}, now {now[k]!r}" for k in sorted(saved) if saved[k] != now.get(k)
+    ]
+    return "the settings differ from the checkpoint's (" + "; ".join(parts) + ")"
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the log lines up to `step`: those after it are redone by the resumed run."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill mid-write
+    path.write_text("".join(line + "\n" for line in kept))
