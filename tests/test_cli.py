@@ -110,3 +110,15 @@ def test_sample_backends_agree(checkpoint: Path) -> None:
     native = microgpt(*common, "--backend", "native")
     assert native.returncode == 0, native.stderr
     assert native.stdout == eager.stdout
+
+
+def test_train_from_a_yaml_run_config(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: micro\ndata: names\ntrain:\n  max_steps: 20\n  eval_interval: 10\n")
+    out = microgpt("train", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
+    config.write_text("preset: micro\ntrain:\n  lrr: 0.1\n")
+    bad = microgpt("train", "--config", str(config))
+    assert bad.returncode == 2
+    assert "train.lrr" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -380,6 +380,14 @@ def load_checkpoint(
     )
 
 
+def load_text_checkpoint(path: str | os.PathLike[str], **kwargs: Any) -> Checkpoint:
+    """`load_checkpoint` for text generation: the checkpoint must have its tokenizer.json."""
+    ckpt = load_checkpoint(path, **kwargs)
+    if ckpt.tokenizer is None:
+        raise CheckpointError(f"{path} has no {TOKENIZER_FILE}, so it cannot turn text into tokens")
+    return ckpt
+
+
 def load_optimizer_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> None:
     """Restore the optimizer state saved with a checkpoint into `optimizer` (built the same way).
 

@@ -5,6 +5,8 @@
     microgpt reference --data names --out ckpt    # train with the pure-Python engine
     microgpt tokenizer train --kind bpe --vocab-size 4096 --data pystdlib --out tok.json
     microgpt data prepare shakespeare             # download once, verify, write token shards
+    microgpt eval CKPT --data names-32k           # loss, perplexity, bits per byte
+    microgpt chat CKPT                            # interactive, streamed
     microgpt bench generate                       # decode speed vs this machine's ceilings
 
 Every expected failure (bad path, bad checkpoint, bad parameter) prints one line
@@ -17,7 +19,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from microgpt.chat import register as register_chat
 from microgpt.data.cli import register as register_data
+from microgpt.evaluate import register as register_eval
 from microgpt.tokenizers.cli import register as register_tokenizer
 from microgpt.tokenizers.cli import register_bench as register_tokenizer_bench
 from microgpt.train.cli import register as register_train
@@ -56,13 +60,11 @@ def cmd_zoo(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from microgpt.checkpoint import load_checkpoint
+    from microgpt.checkpoint import load_text_checkpoint
     from microgpt.sampling import SamplingParams
     from microgpt.textgen import complete, stream_text
 
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt.tokenizer is None:
-        raise ValueError(f"{args.checkpoint} has no tokenizer.json, so it cannot turn text into tokens")
+    ckpt = load_text_checkpoint(args.checkpoint)
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -143,6 +145,16 @@ def one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    from microgpt.bench.train import RECIPES, run
+    from microgpt.settings import get_settings
+
+    for name in args.only or []:
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    run(get_settings().cache, args.only)
+
+
 def cmd_bench_prepare(args: argparse.Namespace) -> None:
     from microgpt.bench.prepare import run
 
@@ -186,11 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     register_tokenizer(commands)
     register_data(commands)
     register_train(commands)
+    register_eval(commands)
+    register_chat(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", required=True
     )
     register_tokenizer_bench(bench)
+    bench_train = bench.add_parser("train", help="training recipes: loss reached, time, tokens/s and MFU")
+    bench_train.add_argument("--only", nargs="+", help="shakespeare-cpu, shakespeare and/or names")
+    bench_train.set_defaults(run=cmd_bench_train)
     prep = bench.add_parser("prepare", help="prepare a synthetic corpus: MB/s and peak RSS")
     prep.add_argument("--size-gb", type=float, default=1.0)
     prep.add_argument("--tokenizer", choices=["char", "byte"], default="char")

@@ -3,47 +3,33 @@
     microgpt train --preset micro                                # microgpt's recipe on names
     microgpt train --preset shakespeare-cpu --set model.n_layer=2 --set train.lr=3e-4
     microgpt train --preset micro --out runs/micro --resume      # continue after a stop
+    microgpt finetune runs/names/checkpoint --data new.txt --lora-rank 8   # LoRA on new data
+    torchrun --nproc_per_node 2 -m microgpt train --preset names    # data-parallel (DDP)
 
 `--set section.key=value` overrides one field of the preset's model (GPTConfig) or train
 (TrainConfig) config; the value is read as JSON when it parses (numbers, booleans, lists)
 and as a string otherwise. An unknown key is a ValueError naming it. SIGTERM or Ctrl-C
 finishes the current step, checkpoints and exits; `--resume` continues exactly.
 The cache directory comes from the settings (`MICROGPT_CACHE`) here and nowhere below.
+`finetune` starts from a checkpoint with its architecture and tokenizer and the recipe it
+was trained with (its trainer state, else its preset's), overridden by `--set`. Under
+torchrun only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("model", "train")
-
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`["model.n_layer=2", "train.lr=3e-4"]` -> {"model": {"n_layer": 2}, "train": {"lr": 0.0003}}."""
-    from microgpt.config import GPTConfig, TrainConfig
+    """`--set section.key=value` items as {"model": {...}, "train": {...}} (see run_config)."""
+    from microgpt.run_config import parse_set_overrides
 
-    fields = {"model": GPTConfig.model_fields, "train": TrainConfig.model_fields}
-    out: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not eq or not dot or not name:
-            raise ValueError(f"--set takes section.key=value (e.g. model.n_layer=2), got {item!r}")
-        if section not in SECTIONS:
-            raise ValueError(f"unknown setting {key!r}: the section must be model or train")
-        if name not in fields[section]:
-            raise ValueError(
-                f"unknown setting {key!r}; {section} settings are: {', '.join(sorted(fields[section]))}"
-            )
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out[section][name] = value
-    return out
+    model, train = parse_set_overrides(items)
+    return {"model": model, "train": train}
 
 
 class _Progress:
@@ -69,31 +55,76 @@ class _Progress:
         pass
 
 
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from microgpt.settings import get_settings
-    from microgpt.zoo import get_preset
+    from microgpt.run_config import from_command_line
+
+    config = from_command_line(
+        config=args.config, preset=args.preset, sets=args.set or [], max_steps=args.max_steps
+    )
+    preset = config.to_preset()  # validated before torch loads
+    args.data = args.data or config.data  # the command line wins over the file
+    out = Path(args.out or config.out or Path("runs") / preset.name)
+    _run(args, preset, out, {"model": config.model, "train": config.train})
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from microgpt.checkpoint import load_checkpoint
+    from microgpt.config import TrainConfig
+    from microgpt.train.lora import LoRAConfig
+    from microgpt.zoo import PRESETS, Preset
 
     overrides = parse_overrides(args.set or [])
     if args.max_steps is not None:
         overrides["train"]["max_steps"] = args.max_steps
-    preset = get_preset(args.preset, model=overrides["model"], train=overrides["train"])  # before torch loads
+    base = load_checkpoint(args.checkpoint)
+    state = base.trainer_state or {}
+    if "train" in state:
+        recipe = TrainConfig.model_validate(state["train"])
+    elif base.preset in PRESETS:
+        recipe = PRESETS[base.preset].train
+    else:
+        raise ValueError(f"{args.checkpoint} records neither its training recipe nor a known preset")
+    name = base.preset or "checkpoint"
+    preset = Preset(name, f"finetune of {args.checkpoint}", base.config, recipe)
+    preset = preset.with_overrides(train=overrides["train"])  # model overrides are checked by the loop
+    lora = None
+    if args.lora_rank is not None:
+        extra = {} if args.lora_dropout is None else {"dropout": args.lora_dropout}
+        alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
+        lora = LoRAConfig(rank=args.lora_rank, alpha=alpha, **extra)
+    elif args.lora_alpha is not None or args.lora_dropout is not None:
+        raise ValueError("--lora-alpha and --lora-dropout need --lora-rank")
+    out = Path(args.out) if args.out else Path("runs") / f"finetune-{name}"
+    _run(args, preset, out, overrides, init_from=Path(args.checkpoint), lora=lora)
 
+
+def _run(args: argparse.Namespace, preset: Any, out: Path, overrides: dict[str, Any], **extra: Any) -> None:
+    from microgpt.settings import get_settings
     from microgpt.train.loop import train
     from microgpt.train.signals import stop_on_signals
 
-    out = Path(args.out) if args.out else Path("runs") / preset.name
     with stop_on_signals() as stop:
         result = train(
             preset,
             out_dir=out,
             cache_dir=get_settings().cache,
             data=args.data,
+            model_overrides=overrides["model"] if "init_from" in extra else None,
             checkpoint_interval=args.checkpoint_interval,
             resume=args.resume,
             callbacks=[_Progress(preset.train.max_steps)],
             stop_flag=stop,
             device=args.device,
+            **extra,
         )
+    if not _is_main():
+        return
+    if result.adapters is not None:
+        print(f"adapters: {result.adapters} (the checkpoint holds them merged)")
     if result.stopped:
         print(f"stopped at step {result.step}; continue with --resume --out {out}")
     else:
@@ -105,7 +136,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train` to the main parser's subcommands."""
     p = subparsers.add_parser("train", help="train a preset on a data set (checkpoints, resume)")
-    p.add_argument("--preset", required=True, help="a zoo preset (see `microgpt zoo`)")
+    p.add_argument("--preset", default=None, help="a zoo preset (see `microgpt zoo`); or give --config")
+    p.add_argument("--config", default=None, help="YAML or JSON run config: preset, model, train, data, out")
     p.add_argument("--data", default=None, help="built-in data set or path (default: the preset's)")
     p.add_argument(
         "--set",
@@ -114,6 +146,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a model.* or train.* setting (repeatable)",
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/PRESET)")
+    _add_run_options(p)
+    p.set_defaults(run=cmd_train)
+
+    f = subparsers.add_parser("finetune", help="finetune a checkpoint on new data (full or LoRA)")
+    f.add_argument("checkpoint", help="the base checkpoint directory (its tokenizer is kept)")
+    f.add_argument("--data", required=True, help="built-in data set, path, or prepared directory")
+    f.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a setting")
+    f.add_argument("--out", default=None, help="run directory (default: runs/finetune-PRESET)")
+    f.add_argument("--lora-rank", type=int, default=None, help="train rank-R LoRA adapters only")
+    f.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2*rank)")
+    f.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input")
+    _add_run_options(f)
+    f.set_defaults(run=cmd_finetune)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
     p.add_argument(
@@ -123,4 +171,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="steps between checkpoints (default: eval interval)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.set_defaults(run=cmd_train)

@@ -3,6 +3,8 @@
     microgpt train --preset micro --out runs/micro           # the CLI (microgpt.train.cli) calls it
     result = train("micro", out_dir=Path("runs/micro"), cache_dir=get_settings().cache)
     result = train("micro", out_dir=Path("runs/micro"), cache_dir=..., resume=True)  # continue
+    train("names", ..., data="new.txt", init_from=Path("runs/names/checkpoint"), lora=LoRAConfig(rank=8))
+    torchrun --nproc_per_node 2 -m microgpt train --preset names   # DDP, same function
 
 Design choices a reader must know:
 
@@ -23,10 +25,22 @@ Design choices a reader must know:
 - Stopping is cooperative: `stop_flag` (an Event or a callable) is checked at step
   boundaries; when set, the loop checkpoints and returns. `stop_on_signals` turns
   SIGTERM/SIGINT into that flag for the CLI.
+- Finetuning is this loop with `init_from` (a checkpoint: its weights, architecture and
+  tokenizer) and optionally `lora` (a LoRAConfig, `microgpt.train.lora`): base weights
+  frozen, the optimizer over the adapters only, each checkpoint the merged model and the
+  adapters beside it. A LoRA run resumes from the base checkpoint plus those adapters.
+- Under torchrun the same loop runs data-parallel (`microgpt.train.distributed`): each
+  rank draws its rows of the global batch, each rank's loss is weighted by its share of
+  the batch's tokens so the averaged gradient and the logged loss are the one-process
+  ones, and only rank 0 writes. A 1-process run takes none of these branches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import gc
+import hashlib
 import json
 import math
 import random
@@ -39,21 +53,35 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from microgpt.checkpoint import load_checkpoint, load_optimizer_state, read_config, save_checkpoint
+from microgpt.atomic import atomic_write_bytes
+from microgpt.checkpoint import (
+    MODEL_FILE,
+    Checkpoint,
+    load_checkpoint,
+    load_optimizer_state,
+    read_config,
+    save_checkpoint,
+)
 from microgpt.config import GPTConfig, TrainConfig
 from microgpt.data.batches import IGNORE_INDEX, Batches
-from microgpt.data.manifest import TOKENIZER_FILE, check_vocab
+from microgpt.data.manifest import MANIFEST_FILE, TOKENIZER_FILE, check_vocab, read_manifest
 from microgpt.data.prepare import prepare_dataset
 from microgpt.model import GPT
 from microgpt.tokenizers import Tokenizer, load_tokenizer
+from microgpt.train.distributed import DistContext, all_sum, any_rank, barrier, cleanup, init_distributed
+from microgpt.train.lora import LoRAConfig, adapters_bytes, apply_lora, load_adapters, merge_lora
 from microgpt.zoo import Preset, get_preset
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.jsonl"
+ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, beside its (merged) checkpoint
 STATE_FORMAT = 1
 # Settings that may change between a run and its resumption; any other change is refused.
 RESUMABLE_CHANGES = {"max_steps", "eval_interval", "eval_steps"}
+# Model settings a finetune may change: the rest would no longer fit the base weights.
+FINETUNE_MODEL_CHANGES = {"dropout"}
 _BUILTIN_VOCAB_KINDS = ("char", "byte")  # kinds whose vocabulary size is fixed by the data
 
 
@@ -86,6 +114,7 @@ class TrainResult:
     wall_seconds: float  # this call's, data preparation included
     tokens_per_second: float  # this call's steps, counting target tokens (not padding)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    adapters: Path | None = None  # a LoRA run's adapters file
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -123,14 +152,26 @@ def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, steps: int, device: torch.device) -> float:
-    """Mean loss over val batches 0..steps-1: the same batches every time, so comparable."""
+def evaluate(
+    model: nn.Module, batches: Batches, steps: int, device: torch.device, *, ctx: DistContext | None = None
+) -> float:
+    """Mean loss over val batches 0..steps-1: the same batches every time, so comparable.
+
+    Under DDP each rank scores its rows and each batch's loss is the token-weighted mean
+    over all ranks, the number one process scoring the whole batch would get.
+    """
     was_training = model.training
     model.eval()
     total = 0.0
     for i in range(steps):
         x, y = batches.get(i)
-        total += model(x.to(device), y.to(device)).loss.item()
+        loss = model(x.to(device), y.to(device)).loss
+        if ctx is not None and ctx.active:
+            n = (y != IGNORE_INDEX).sum().to(device=device, dtype=torch.float64)
+            summed = all_sum(ctx, torch.stack([loss.double() * n, n]))
+            total += (summed[0] / summed[1]).item()
+        else:
+            total += loss.item()
     model.train(was_training)
     return total / steps
 
@@ -176,6 +217,8 @@ def train(
     callbacks: Sequence[TrainCallback] | None = None,
     stop_flag: StopFlag | None = None,
     device: str | torch.device | None = None,
+    init_from: str | Path | None = None,
+    lora: LoRAConfig | None = None,
 ) -> TrainResult:
     """Train `preset` (a zoo name or a Preset) with overrides; checkpoints land in `out_dir`.
 
@@ -183,6 +226,16 @@ def train(
     with the preset's tokenizer and data mode. `checkpoint_interval` defaults to the
     eval interval. With `resume`, the run continues from `out_dir`'s checkpoint; without
     it, an existing checkpoint there is an error rather than silently replaced.
+
+    `init_from` (a checkpoint) finetunes: the model is that checkpoint's (only
+    `model_overrides` of dropout are allowed), and the data is prepared with its tokenizer;
+    `data` may also be a prepared directory, which must have been made with that tokenizer.
+    `lora` (which needs `init_from`) freezes the base and trains adapters only; each
+    checkpoint is then the merged model, with the adapters beside it in
+    `out_dir/adapters.safetensors`.
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) the model is wrapped in DDP, each rank
+    reads its rows of every global batch, and only rank 0 writes files or calls callbacks.
 
     Each step appends `{"kind": "train", "step", "loss", "lr", "tokens_per_s"}` to
     `out_dir/metrics.jsonl` and passes it to every callback's `on_step`; evaluations append
@@ -192,6 +245,21 @@ def train(
     """
     started = time.perf_counter()
     p = preset if isinstance(preset, Preset) else get_preset(preset)
+    base: Checkpoint | None = None
+    if init_from is not None:
+        refused = sorted(set(model_overrides or {}) - FINETUNE_MODEL_CHANGES)
+        if refused:
+            raise ValueError(
+                f"finetuning keeps the checkpoint's architecture; cannot override model.{refused[0]}"
+            )
+        base = load_checkpoint(init_from)
+        if base.tokenizer is None:
+            raise ValueError(
+                f"{init_from} has no tokenizer.json; finetuning needs the base model's tokenizer"
+            )
+        p = Preset(p.name, p.source, base.config, p.train)
+    elif lora is not None:
+        raise ValueError("LoRA adapts a trained model: pass init_from (the base checkpoint)")
     p = p.with_overrides(model=model_overrides, train=train_overrides)
     tc = p.train
     source = data or tc.dataset
@@ -211,39 +279,87 @@ def train(
     if not resume and has_checkpoint:
         raise ValueError(f"{ckpt_dir} already holds a checkpoint; resume it, or choose another out_dir")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx, dev = init_distributed(dev)
+    try:
+        result = _train(
+            p, ctx, dev, out, source, cache_dir, interval, resume, callbacks, stop_flag, base, lora
+        )
+        if ctx.active:
+            gc.collect()  # frees the DDP wrapper (it holds reference cycles) while the group lives
+        barrier(ctx)  # rank 0's last checkpoint is in place before any rank returns
+    finally:
+        cleanup(ctx)
+    result.wall_seconds = time.perf_counter() - started
+    return result
 
-    prepared, tokenizer = _prepare(source, p, cache_dir)
-    mc = p.model.updated(vocab_size=tokenizer.vocab_size)
+
+def _train(
+    p: Preset,
+    ctx: DistContext,
+    dev: torch.device,
+    out: Path,
+    source: str,
+    cache_dir: str | Path,
+    interval: int,
+    resume: bool,
+    callbacks: Sequence[TrainCallback] | None,
+    stop_flag: StopFlag | None,
+    base: Checkpoint | None,
+    lora: LoRAConfig | None,
+) -> TrainResult:
+    """The loop itself, on one rank; `train` has checked the arguments and joined the group."""
+    tc = p.train
+    ckpt_dir = out / CHECKPOINT_DIR
+    base_tokenizer = base.tokenizer if base is not None else None
+    if ctx.is_main:  # rank 0 prepares; the others then find the shards and reuse them
+        prepared, tokenizer = _prepare(source, p, cache_dir, base_tokenizer)
+    barrier(ctx)
+    if not ctx.is_main:
+        prepared, tokenizer = _prepare(source, p, cache_dir, base_tokenizer)
+    mc = p.model if base is not None else p.model.updated(vocab_size=tokenizer.vocab_size)
     check_vocab(tokenizer, mc.vocab_size)
-    train_batches = Batches(
-        prepared, batch_size=tc.batch_size, block_size=mc.block_size, seed=tc.seed, tokenizer=tokenizer
-    )
-    val_batches = Batches(
-        prepared, batch_size=tc.batch_size, block_size=mc.block_size, seed=tc.seed, split="val"
-    )
+    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
+    sizes = {"batch_size": tc.batch_size, "block_size": mc.block_size, "seed": tc.seed, **shard}
+    train_batches = Batches(prepared, tokenizer=tokenizer, **sizes)
+    val_batches = Batches(prepared, split="val", **sizes)
 
-    torch.manual_seed(tc.seed)
-    model = GPT(mc).to(dev)
-    model.train()
-    optimizer = build_optimizer(model, tc)
+    torch.manual_seed(tc.seed)  # the same on every rank: identical initial weights
+    gpt = GPT(mc).to(dev)
+    lineage: dict[str, Any] = {}
+    if base is not None:
+        gpt.load_state_dict(base.model.state_dict())
+        lineage["init_from"] = str(base.path.resolve())
+        lineage["base_sha256"] = read_config(base.path).files[MODEL_FILE]
+    if lora is not None:
+        apply_lora(gpt, lora)
+        lineage["lora"] = lora.model_dump(mode="json")
+    gpt.train()
+    optimizer = build_optimizer(gpt, tc)
     losses: list[float] = []
     val_losses: list[tuple[int, float]] = []
     step = 0
     metrics_path = out / METRICS_FILE
+    adapters_path = out / ADAPTERS_FILE
     if resume:
-        state = _restore(ckpt_dir, model, optimizer, mc, tc, source)
+        state = _restore(ckpt_dir, gpt, optimizer, mc, tc, source, lineage, adapters_path)
         step, losses = state["step"], list(state["losses"])
         val_losses = [(int(s), float(v)) for s, v in state.get("val_losses", [])]
-        _truncate_metrics(metrics_path, step)
-    else:
+        if ctx.is_main:
+            _truncate_metrics(metrics_path, step)
+    elif ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
+    model: nn.Module = gpt
+    if ctx.active:
+        model = DistributedDataParallel(gpt, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    hooks = list(callbacks or [])
+    hooks = list(callbacks or []) if ctx.is_main else []
     tokens_this_call = 0
     stopped = False
 
     def checkpoint() -> None:
+        if not ctx.is_main:
+            return
         state = {
             "format": STATE_FORMAT,
             "step": step,
@@ -254,10 +370,19 @@ def train(
             "losses": losses,
             "val_losses": val_losses,
             "rng": rng_state(),
+            **lineage,
         }
+        weights: nn.Module = gpt
+        if lora is not None:
+            # Adapters first, then the checkpoint that records their digest: a crash between
+            # the two leaves a pair that resume recognises as torn instead of mixing them.
+            blob = adapters_bytes(gpt, lora)
+            state["adapters_sha256"] = hashlib.sha256(blob).hexdigest()
+            atomic_write_bytes(adapters_path, blob)
+            weights = merge_lora(copy.deepcopy(gpt))  # servable as it is; training goes on unmerged
         save_checkpoint(
             ckpt_dir,
-            model,
+            weights,
             tokenizer=tokenizer,
             preset=p.name,
             optimizer=optimizer,
@@ -268,14 +393,15 @@ def train(
             hook.on_checkpoint(ckpt_dir, step)
 
     loop_started = time.perf_counter()
-    with open(metrics_path, "a") as log:
+    with open(metrics_path, "a") if ctx.is_main else contextlib.nullcontext() as log:
 
         def emit(record: dict[str, Any]) -> None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
 
         while step < tc.max_steps:
-            if _is_set(stop_flag):
+            if any_rank(ctx, _is_set(stop_flag), dev):
                 stopped = True
                 break
             t0 = time.perf_counter()
@@ -287,12 +413,23 @@ def train(
             tokens = 0
             for micro in range(tc.grad_accum):
                 x, y = train_batches.get(step * tc.grad_accum + micro)
-                tokens += int((y != IGNORE_INDEX).sum())
-                loss = model(x.to(dev), y.to(dev)).loss
-                (loss / tc.grad_accum).backward()
-                total += loss.detach()
+                n = int((y != IGNORE_INDEX).sum())
+                last = micro == tc.grad_accum - 1
+                with model.no_sync() if ctx.active and not last else contextlib.nullcontext():
+                    loss = model(x.to(dev), y.to(dev)).loss
+                    if ctx.active:
+                        # Weigh each rank's mean by its share of the batch's tokens, so DDP's
+                        # average of gradients is the gradient of the whole batch's mean loss.
+                        n_all = int(all_sum(ctx, torch.tensor(n, device=dev)).item())
+                        (loss * (n * ctx.world_size / n_all) / tc.grad_accum).backward()
+                        total += all_sum(ctx, loss.detach() * n) / n_all
+                        n = n_all
+                    else:
+                        (loss / tc.grad_accum).backward()
+                        total += loss.detach()
+                tokens += n
             if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                torch.nn.utils.clip_grad_norm_(gpt.parameters(), tc.grad_clip)
             optimizer.step()
             step += 1
             loss_value = (total / tc.grad_accum).item()
@@ -310,7 +447,7 @@ def train(
             for hook in hooks:
                 hook.on_step(record)
             if step % tc.eval_interval == 0 or step == tc.max_steps:
-                val = evaluate(model, val_batches, tc.eval_steps, dev)
+                val = evaluate(gpt, val_batches, tc.eval_steps, dev, ctx=ctx)
                 val_losses.append((step, val))
                 record = {"kind": "eval", "step": step, "val_loss": val}
                 emit(record)
@@ -319,14 +456,13 @@ def train(
             saved = step % interval == 0 or step == tc.max_steps
             if saved:
                 checkpoint()
-            if step < tc.max_steps and _is_set(stop_flag):
+            if step < tc.max_steps and any_rank(ctx, _is_set(stop_flag), dev):
                 if not saved:
                     checkpoint()
                 stopped = True
                 break
 
-    finished = time.perf_counter()
-    wall, looped = finished - started, finished - loop_started
+    looped = time.perf_counter() - loop_started
     return TrainResult(
         out_dir=out,
         checkpoint=ckpt_dir,
@@ -335,9 +471,10 @@ def train(
         losses=losses,
         val_loss=val_losses[-1][1] if val_losses else None,
         stopped=stopped,
-        wall_seconds=wall,
+        wall_seconds=0.0,  # set by train, which counts data preparation too
         tokens_per_second=tokens_this_call / looped if looped > 0 else 0.0,
         val_losses=val_losses,
+        adapters=adapters_path if lora is not None else None,
     )
 
 
@@ -349,9 +486,29 @@ def _is_set(flag: StopFlag | None) -> bool:
     return bool(flag())
 
 
-def _prepare(source: str, p: Preset, cache_dir: str | Path) -> tuple[Path, Tokenizer]:
-    """The prepared directory and its tokenizer, with the preset's tokenizer and data mode."""
+def _prepare(
+    source: str, p: Preset, cache_dir: str | Path, tokenizer: Tokenizer | None = None
+) -> tuple[Path, Tokenizer]:
+    """The prepared directory and its tokenizer, with the preset's tokenizer and data mode.
+
+    A given `tokenizer` (the base model's, when finetuning) replaces the preset's, and
+    `source` may then be a prepared directory, which must have been made with it.
+    """
     tc = p.train
+    if tokenizer is not None:
+        if (Path(source) / MANIFEST_FILE).is_file():
+            prepared = Path(source)
+            manifest = read_manifest(prepared)
+            if manifest.tokenizer_hash != tokenizer.content_hash:
+                raise ValueError(
+                    f"{source} was prepared with another tokenizer ({manifest.tokenizer_kind}, hash "
+                    f"{manifest.tokenizer_hash[:12]}) than the base checkpoint's ({tokenizer.kind}, hash "
+                    f"{tokenizer.content_hash[:12]}); finetuning keeps the base model's tokenizer, so "
+                    f"prepare the data with the checkpoint's tokenizer.json, or pass the raw data"
+                )
+            return prepared, tokenizer
+        prepared, _ = prepare_dataset(source, cache_dir=cache_dir, tokenizer=tokenizer, mode=tc.data_mode)
+        return prepared, tokenizer
     spec = tc.tokenizer
     trained_kind = (
         spec not in _BUILTIN_VOCAB_KINDS and not spec.endswith(".json") and not Path(spec).is_file()
@@ -373,8 +530,15 @@ def _restore(
     mc: GPTConfig,
     tc: TrainConfig,
     source: str,
+    lineage: dict[str, Any],
+    adapters_path: Path,
 ) -> dict[str, Any]:
-    """Load weights, optimizer and RNG states from `ckpt_dir`; refuse a different recipe."""
+    """Load weights, optimizer and RNG states from `ckpt_dir`; refuse a different recipe.
+
+    `lineage` is the base checkpoint and LoRA config this run was started with; a LoRA run
+    takes its frozen weights from the base (checked by digest) and its adapters from
+    `adapters_path` (checked against the digest the checkpoint recorded).
+    """
     saved_model = read_config(ckpt_dir).model
     if saved_model != mc:
         raise ValueError(
@@ -392,11 +556,25 @@ def _restore(
         raise ValueError(f"cannot resume {ckpt_dir}: {diff}")
     if state["data"] != source:
         raise ValueError(f"cannot resume {ckpt_dir}: it trained on {state['data']!r}, not {source!r}")
+    for key in ("init_from", "lora", "base_sha256"):
+        if state.get(key) != lineage.get(key):
+            raise ValueError(
+                f"cannot resume {ckpt_dir}: its {key} was {state.get(key)!r}, now {lineage.get(key)!r}"
+            )
     if state["step"] > tc.max_steps:
         raise ValueError(
             f"cannot resume {ckpt_dir}: it is at step {state['step']}, past max_steps {tc.max_steps}"
         )
-    model.load_state_dict(ckpt.model.state_dict())
+    if "lora" in lineage:
+        blob = adapters_path.read_bytes() if adapters_path.is_file() else b""
+        if hashlib.sha256(blob).hexdigest() != state.get("adapters_sha256"):
+            raise ValueError(
+                f"cannot resume {ckpt_dir}: {adapters_path} is missing or is not the one its checkpoint "
+                f"recorded (a save was interrupted between the two); restart the finetune"
+            )
+        load_adapters(adapters_path, model)
+    else:
+        model.load_state_dict(ckpt.model.state_dict())
     load_optimizer_state(ckpt_dir, optimizer)
     set_rng_state(state["rng"])
     return state

@@ -1,0 +1,96 @@
+"""Training benchmarks: recipes that must reach a loss in a time, and throughput against the peak.
+
+    microgpt bench train                          # all three
+    microgpt bench train --only shakespeare-cpu   # nanoGPT's CPU recipe: val loss at 2,000 steps
+
+- `shakespeare-cpu`: the full 2,000-step recipe; prints the final validation loss and the
+  wall time (nanoGPT's CPU recipe reaches 1.88 in about 100 s on a 2-core machine).
+- `shakespeare` (10.7M, block 256): a few fp32 training steps; prints tokens/s and the MFU
+  against the fp32 and bf16 matmul peaks measured by the same command.
+- `names`: the makemore-size model on names-32k for up to 5 minutes of wall time; prints
+  the best validation loss and when it was reached.
+
+The data sets come from the cache (`MICROGPT_CACHE`): seed it, or have network once.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from microgpt.bench.hardware import matmul_peak
+from microgpt.model import GPT
+from microgpt.train.loop import TrainCallback, train
+from microgpt.zoo import get_preset
+
+RECIPES = ("shakespeare-cpu", "shakespeare", "names")
+
+
+class _Deadline(TrainCallback):
+    """Stops a run after `seconds` and remembers the best validation loss and when it came."""
+
+    def __init__(self, seconds: float) -> None:
+        self.start, self.seconds = time.perf_counter(), seconds
+        self.best: tuple[float, float, int] | None = None  # (loss, seconds, step)
+
+    def on_eval(self, record: dict) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.best is None or record["val_loss"] < self.best[0]:
+            self.best = (record["val_loss"], elapsed, record["step"])
+
+    def __call__(self) -> bool:
+        return time.perf_counter() - self.start > self.seconds
+
+
+def shakespeare_cpu(cache_dir: Path, work: Path) -> None:
+    result = train("shakespeare-cpu", out_dir=work / "shakespeare-cpu", cache_dir=cache_dir)
+    print(
+        f"shakespeare-cpu: val loss {result.val_loss:.4f} after {result.step} steps in "
+        f"{result.wall_seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s; target <= 1.88)"
+    )
+
+
+def shakespeare_throughput(cache_dir: Path, work: Path, steps: int = 20) -> None:
+    preset = get_preset("shakespeare")
+    peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    result = train(
+        preset, out_dir=work / "shakespeare", cache_dir=cache_dir,
+        train_overrides={"max_steps": steps, "eval_interval": steps, "eval_steps": 1},
+    )  # fmt: skip
+    with torch.device("meta"):
+        flops = GPT(preset.model.updated(vocab_size=65)).flops_per_token()
+    achieved = flops * result.tokens_per_second
+    print(
+        f"shakespeare: {result.tokens_per_second:,.0f} training tokens/s (fp32, {steps} steps) "
+        f"= {achieved / 1e12:.3f} TFLOP/s; MFU {achieved / peaks['fp32']:.0%} of the "
+        f"fp32 peak ({peaks['fp32'] / 1e12:.2f}), {achieved / peaks['bf16']:.0%} of the bf16 peak "
+        f"({peaks['bf16'] / 1e12:.2f} TFLOP/s)"
+    )
+
+
+def names_within(cache_dir: Path, work: Path, seconds: float = 300.0) -> None:
+    deadline = _Deadline(seconds)
+    result = train(
+        "names", out_dir=work / "names", cache_dir=cache_dir, callbacks=[deadline], stop_flag=deadline
+    )
+    best = deadline.best
+    assert best is not None, "the run ended before its first evaluation"
+    print(
+        f"names: best val loss {best[0]:.4f} at step {best[2]} after {best[1]:.0f} s "
+        f"({result.step} steps in {result.wall_seconds:.0f} s; target <= 1.92 within {seconds:.0f} s)"
+    )
+
+
+def run(cache_dir: Path, only: list[str] | None = None) -> None:
+    with tempfile.TemporaryDirectory(prefix="microgpt-bench-train-") as tmp:
+        work = Path(tmp)
+        chosen = only or list(RECIPES)
+        if "shakespeare-cpu" in chosen:
+            shakespeare_cpu(cache_dir, work)
+        if "shakespeare" in chosen:
+            shakespeare_throughput(cache_dir, work)
+        if "names" in chosen:
+            names_within(cache_dir, work)
