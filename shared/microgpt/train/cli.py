@@ -141,9 +141,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="built-in data set or path (default: the preset's)")
     p.add_argument(
         "--set",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="SECTION.KEY=VALUE",
-        help="override a model.* or train.* setting (repeatable)",
+        help="override model.* or train.* settings (several after one --set, or repeat it)",
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/PRESET)")
     _add_run_options(p)
@@ -152,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f = subparsers.add_parser("finetune", help="finetune a checkpoint on new data (full or LoRA)")
     f.add_argument("checkpoint", help="the base checkpoint directory (its tokenizer is kept)")
     f.add_argument("--data", required=True, help="built-in data set, path, or prepared directory")
-    f.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a setting")
+    f.add_argument("--set", action="extend", nargs="+", metavar="SECTION.KEY=VALUE", help="override settings")
     f.add_argument("--out", default=None, help="run directory (default: runs/finetune-PRESET)")
     f.add_argument("--lora-rank", type=int, default=None, help="train rank-R LoRA adapters only")
     f.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2*rank)")
