@@ -96,6 +96,7 @@ class TrainConfig(_Strict):
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # 0 disables clipping
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 master weights
     data_mode: Literal["documents", "stream"] = "stream"
     dataset: str | None = None
     tokenizer: str = "char"

@@ -152,8 +152,19 @@ def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for the forward pass (weights and optimizer stay fp32), or nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def evaluate(
-    model: nn.Module, batches: Batches, steps: int, device: torch.device, *, ctx: DistContext | None = None
+    model: nn.Module,
+    batches: Batches,
+    steps: int,
+    device: torch.device,
+    *,
+    ctx: DistContext | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Mean loss over val batches 0..steps-1: the same batches every time, so comparable.
 
@@ -165,7 +176,8 @@ def evaluate(
     total = 0.0
     for i in range(steps):
         x, y = batches.get(i)
-        loss = model(x.to(device), y.to(device)).loss
+        with autocast(device, precision):
+            loss = model(x.to(device), y.to(device)).loss
         if ctx is not None and ctx.active:
             n = (y != IGNORE_INDEX).sum().to(device=device, dtype=torch.float64)
             summed = all_sum(ctx, torch.stack([loss.double() * n, n]))
@@ -416,7 +428,8 @@ def _train(
                 n = int((y != IGNORE_INDEX).sum())
                 last = micro == tc.grad_accum - 1
                 with model.no_sync() if ctx.active and not last else contextlib.nullcontext():
-                    loss = model(x.to(dev), y.to(dev)).loss
+                    with autocast(dev, tc.precision):
+                        loss = model(x.to(dev), y.to(dev)).loss
                     if ctx.active:
                         # Weigh each rank's mean by its share of the batch's tokens, so DDP's
                         # average of gradients is the gradient of the whole batch's mean loss.
@@ -447,7 +460,7 @@ def _train(
             for hook in hooks:
                 hook.on_step(record)
             if step % tc.eval_interval == 0 or step == tc.max_steps:
-                val = evaluate(gpt, val_batches, tc.eval_steps, dev, ctx=ctx)
+                val = evaluate(gpt, val_batches, tc.eval_steps, dev, ctx=ctx, precision=tc.precision)
                 val_losses.append((step, val))
                 record = {"kind": "eval", "step": step, "val_loss": val}
                 emit(record)
