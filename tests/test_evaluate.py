@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,7 @@ from microgpt.zoo import get_preset
 TEXT = "".join(f"the {w} sat on the mat, said {n}.\n" for w, n in zip(["cat", "dog", "émû"] * 6, range(18)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls on one thread: on a loaded machine, thread hand-offs cost 1000x the math."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_model(tokenizer: CharTokenizer) -> GPT:
