@@ -1,5 +1,5 @@
 # The two set-up commands of the README, and the others a developer needs.
-#   make run    installs into .venv and trains microgpt's model on names, printing samples
+#   make run    installs into .venv and runs the whole platform on embedded defaults (microgpt up)
 #   make test   installs into .venv (with the dev extra) and runs the default test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/microgpt reference --data names --steps 1000 --samples 20
+	$(BIN)/microgpt up
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -19,9 +19,16 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from microgpt.bench.serve import register_bench as register_serve_bench
 from microgpt.chat import register as register_chat
 from microgpt.data.cli import register as register_data
 from microgpt.evaluate import register as register_eval
+from microgpt.jobs_cli import register as register_jobs
+from microgpt.registry.cli import register as register_registry
+from microgpt.registry.cli import register_bench as register_registry_bench
+from microgpt.serve import register as register_serve
+from microgpt.serving.cli import register as register_quantize
+from microgpt.serving.cli import register_bench as register_serving_bench
 from microgpt.tokenizers.cli import register as register_tokenizer
 from microgpt.tokenizers.cli import register_bench as register_tokenizer_bench
 from microgpt.train.cli import register as register_train
@@ -200,11 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     register_train(commands)
     register_eval(commands)
     register_chat(commands)
+    register_quantize(commands)
+    register_registry(commands)
+    register_serve(commands)
+    register_jobs(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", required=True
     )
     register_tokenizer_bench(bench)
+    register_registry_bench(bench)
+    register_serve_bench(bench)
     bench_train = bench.add_parser("train", help="training recipes: loss reached, time, tokens/s and MFU")
     bench_train.add_argument("--only", nargs="+", help="shakespeare-cpu, shakespeare and/or names")
     bench_train.set_defaults(run=cmd_bench_train)
@@ -220,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", nargs="+", default=["eager", "compiled", "native"], help="decode backends")
     gen.add_argument("--threads", type=int, default=None)
     gen.set_defaults(run=cmd_bench_generate)
+    register_serving_bench(bench)
     return parser
 
 
