@@ -31,7 +31,7 @@ import torch
 
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
-from microgpt.sampling import SamplingParams, choose_next
+from microgpt.sampling import SamplingParams, SequenceSampler
 
 FinishReason = Literal["stop", "length"]
 Backend = Literal["eager", "compiled", "native"]
@@ -90,6 +90,17 @@ def make_decode_step(model: GPT, backend: Backend) -> DecodeStep:
     raise ValueError(f"unknown decode backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
+def activation_device_and_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
+    """Where the model computes and in which dtype: that of its first floating-point parameter.
+
+    A quantized model (`microgpt.quantize`) keeps its norms and biases in fp32 and
+    computes in fp32; one with no float parameter left at all computes in fp32.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    return tensors[0].device, floats[0].dtype if floats else torch.float32
+
+
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
@@ -130,17 +141,18 @@ class Decoder:
             raise ValueError(f"the {backend} backend needs use_cache=True")
         self.model = model
         self._decode_step = make_decode_step(model, backend)
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self.device, self.dtype = activation_device_and_dtype(model)
         block = model.config.block_size
         self.prompts = [list(prompt) for prompt in prompts]
         self.limits = [
             min(sp.max_new_tokens, block - len(pr) + 1) for sp, pr in zip(self.params, self.prompts)
         ]
         self.results = [Generation() for _ in prompts]
-        self.generators = [sp.make_generator(self.device) for sp in self.params]
-        self.counts = [self._initial_counts(pr, sp) for pr, sp in zip(self.prompts, self.params)]
-        self._plain_greedy = all(sp.greedy and c is None for sp, c in zip(self.params, self.counts))
+        vocab = model.config.vocab_size
+        self.samplers = [
+            SequenceSampler(sp, pr, vocab, self.device) for sp, pr in zip(self.params, self.prompts)
+        ]
+        self._plain_greedy = all(s.plain_greedy for s in self.samplers)
         self.cache = None
         if use_cache:
             cache_len = min(block, max(len(pr) + n for pr, n in zip(self.prompts, self.limits)))
@@ -150,16 +162,6 @@ class Decoder:
         for row, limit in enumerate(self.limits):
             if limit == 0:
                 self.finish(row, "length")
-
-    def _initial_counts(self, prompt: list[int], params: SamplingParams) -> torch.Tensor | None:
-        """Token counts over prompt and output, kept only when a penalty needs them."""
-        if params.repetition_penalty == 1.0 and not params.frequency_penalty and not params.presence_penalty:
-            return None
-        counts = torch.zeros(self.model.config.vocab_size, device=self.device)
-        counts.index_add_(
-            0, torch.tensor(prompt, device=self.device), torch.ones(len(prompt), device=self.device)
-        )
-        return counts
 
     @property
     def done(self) -> bool:
@@ -185,17 +187,14 @@ class Decoder:
         for row, result in enumerate(self.results):
             if result.finish_reason is not None:
                 continue
-            sp = self.params[row]
-            token = (
-                picks[row] if picks else choose_next(logits[row], sp, self.generators[row], self.counts[row])
-            )
-            if token in sp.stop_token_ids:
+            sampler = self.samplers[row]
+            token = picks[row] if picks else sampler.choose(logits[row])
+            if token in sampler.params.stop_token_ids:
                 self.finish(row, "stop")
                 continue
             chosen[row] = token
             result.tokens.append(token)
-            if self.counts[row] is not None:
-                self.counts[row][token] += 1
+            sampler.accept(token)
             if len(result.tokens) >= self.limits[row]:
                 self.finish(row, "length")
         return chosen

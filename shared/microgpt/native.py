@@ -3,9 +3,10 @@
 A drop-in for `microgpt.generate.decode_step` on CPU: same arguments (token ids
 (B, 1), a `KVCache`, the live rows), same result (next-token logits (B, V)), but
 one C++ call per token instead of dozens of PyTorch ops, with matrix-vector
-products that stream the fp32 or bf16 weights at memory bandwidth. Activations
-and accumulation are fp32, so a bf16 model decodes as its bf16 weights would in
-fp32 arithmetic.
+products that stream the fp32, bf16 or int8 weights at memory bandwidth.
+Activations and accumulation are fp32, so a bf16 model decodes as its bf16 weights
+would in fp32 arithmetic; an int8 model (`microgpt.quantize`, fp32 KV cache) as its
+dequantized weights would, to ~1e-5 (inputs of int8 products are 16-bit fixed point).
 
 The extension is compiled by `torch.utils.cpp_extension` (a C++ compiler and
 ninja are needed; the build is cached per machine, about 20 s the first time).
@@ -18,10 +19,12 @@ import weakref
 from types import ModuleType
 
 import torch
+from torch import nn
 from torch.utils.cpp_extension import load
 
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT, Norm
+from microgpt.quantize import Int8Linear, QuantizedEmbedding
 
 SOURCE = __file__.rsplit("/", 1)[0] + "/csrc/native_decode.cpp"
 NORMS = {"layernorm": 0, "rmsnorm": 1}
@@ -39,9 +42,13 @@ def extension() -> ModuleType:
     )
 
 
-def _matrix(w: torch.Tensor) -> torch.Tensor:
-    """A weight matrix, in the model's dtype (the C++ side repacks it into tiles)."""
-    return w.detach().contiguous()
+def _matrix(module: nn.Module, scales: list[torch.Tensor]) -> torch.Tensor:
+    """A Linear's or Embedding's matrix in its dtype (the C++ side repacks it into tiles);
+    an int8 one appends its per-row scales to `scales`."""
+    if isinstance(module, Int8Linear | QuantizedEmbedding):
+        scales.append(module.scales.detach().float().contiguous())
+        return module.qweight.detach().contiguous()
+    return module.weight.detach().contiguous()
 
 
 def _vector(v: torch.Tensor | None) -> torch.Tensor:
@@ -61,13 +68,19 @@ class NativeDecodeStep:
     """
 
     def __init__(self, model: GPT) -> None:
-        weight = model.wte.weight
-        if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        int8 = isinstance(model.wte, QuantizedEmbedding) and model.wte.kind == "int8"
+        weight = model.wte.qweight if int8 else getattr(model.wte, "weight", None)
+        supported = isinstance(weight, torch.Tensor) and (
+            int8 or weight.dtype in (torch.float32, torch.bfloat16)
+        )
+        if not supported or weight.device.type != "cpu":
+            what = f"{weight.dtype} on {weight.device}" if isinstance(weight, torch.Tensor) else "int4"
             raise ValueError(
-                f"the native step runs fp32 or bf16 weights on CPU, not {weight.dtype} on {weight.device}"
+                f"the native step runs fp32 or bf16 (or int8-quantized) weights on CPU, not {what}"
             )
         cfg = model.config
-        self.dtype = weight.dtype
+        self.dtype = torch.float32 if int8 else weight.dtype  # of the KV cache
+        scales: list[torch.Tensor] = []  # int8 only: qkv, proj, fc, mlp proj per layer; then wte, lm_head
         shape = [
             cfg.n_layer, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.n_embd, cfg.hidden_size, cfg.vocab_size,
             NORMS[cfg.norm], MLPS[cfg.mlp], int(cfg.position == "rope"), int(cfg.qk_norm),
@@ -77,23 +90,25 @@ class NativeDecodeStep:
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
             layers += [
-                *_norm(block.attn_norm), _matrix(attn.qkv.weight), _vector(attn.qkv.bias),
+                *_norm(block.attn_norm), _matrix(attn.qkv, scales), _vector(attn.qkv.bias),
                 *_norm(attn.q_norm if cfg.qk_norm else None), *_norm(attn.k_norm if cfg.qk_norm else None),
-                _matrix(attn.proj.weight), _vector(attn.proj.bias),
-                *_norm(block.mlp_norm), _matrix(mlp.fc.weight), _vector(mlp.fc.bias),
-                _matrix(mlp.proj.weight), _vector(mlp.proj.bias),
+                _matrix(attn.proj, scales), _vector(attn.proj.bias),
+                *_norm(block.mlp_norm), _matrix(mlp.fc, scales), _vector(mlp.fc.bias),
+                _matrix(mlp.proj, scales), _vector(mlp.proj.bias),
             ]  # fmt: skip
         rope = cfg.position == "rope"
         globals_ = [
-            _matrix(model.wte.weight),
-            _vector(None).to(self.dtype) if rope else _matrix(model.wpe.weight),
+            _matrix(model.wte, scales),
+            _vector(None).to(self.dtype) if rope else _matrix(model.wpe, []),
             _vector(model.rope_cos if rope else None),
             _vector(model.rope_sin if rope else None),
             *_norm(model.embed_norm),
             *_norm(model.norm_f),
-            _matrix(model.lm_head.weight),
+            _matrix(model.lm_head, scales),
         ]
-        self._native = extension().NativeModel(layers, globals_, shape, cfg.norm_eps)
+        if int8 and len(scales) != 4 * cfg.n_layer + 2:
+            raise ValueError("the native step runs a model whose matrices are all int8 or all float")
+        self._native = extension().NativeModel(layers, globals_, scales, shape, cfg.norm_eps)
 
     def __call__(self, idx: torch.Tensor, cache: KVCache, live: torch.Tensor) -> torch.Tensor:
         if cache.k[0].dtype != self.dtype:

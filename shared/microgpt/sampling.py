@@ -3,11 +3,15 @@
 The order follows Hugging Face and vLLM: penalties on the raw logits, then
 temperature, then the top-k / top-p / min-p filters, then a draw from a seeded
 generator (one per sequence, so batched and single decoding pick the same tokens).
+`SequenceSampler` holds one sequence's state (generator, token counts for the
+penalties); the batch decoder and the serving engine keep one per row.
 Temperature 0 means greedy. Invalid values raise `ValueError` (pydantic's
 `ValidationError` is one) naming the field.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,3 +87,49 @@ def choose_next(
         return int(logits.argmax())
     probs = filter_logits(logits, params).softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class SequenceSampler:
+    """The sampling state of one sequence: its parameters, seeded generator and token counts.
+
+    Counts over prompt and output are kept only when a penalty needs them.
+    """
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt: Sequence[int],
+        vocab_size: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.params = params
+        self.generator = params.make_generator(device)
+        self.counts: torch.Tensor | None = None
+        if params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            self.counts = torch.zeros(vocab_size, device=device)
+            self.counts.index_add_(
+                0, torch.tensor(list(prompt), device=device), torch.ones(len(prompt), device=device)
+            )
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy without penalties: the argmax of the raw logits, batchable."""
+        return self.params.greedy and self.counts is None
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from this sequence's logits (V,)."""
+        return choose_next(logits, self.params, self.generator, self.counts)
+
+    def accept(self, token: int) -> None:
+        """Record an emitted token (for the penalties)."""
+        if self.counts is not None:
+            self.counts[token] += 1
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of `token` and the `top` most likely tokens with theirs, under the
+    model's own distribution (raw logits (V,), before penalties, temperature and filters)."""
+    logprobs = logits.float().log_softmax(-1)
+    best = torch.topk(logprobs, min(top, logprobs.shape[-1])) if top > 0 else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return float(logprobs[token]), pairs

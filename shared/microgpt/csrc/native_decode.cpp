@@ -4,6 +4,12 @@
 // streaming weights at memory bandwidth and paying nothing else per token:
 // - weights keep the model's dtype (fp32 or bf16) and are widened to fp32 in registers;
 //   activations and accumulation are fp32;
+// - int8 weights (per-output-channel fp32 scales, microgpt/quantize.py) stream half the bytes
+//   of bf16. Their products run on integer dot-product instructions (AVX-512 VNNI): each input
+//   vector is turned into 16-bit fixed point (one scale per vector, error <= 2^-16 of its
+//   largest entry) split into a high and a low byte, so one product is two `vpdpbusd` per 64
+//   weights instead of eight widen-and-FMA steps, and the result is what fp32 arithmetic on the
+//   int8 weights gives to ~1e-5;
 // - every matrix is repacked once into blocks of R rows stored as R x 16 tiles, so a
 //   block is one sequential stream (prefetched ahead) that serves R outputs and all
 //   batch rows with one read;
@@ -30,6 +36,7 @@ enum MlpKind { GELU = 0, GELU_TANH = 1, RELU = 2, RELU2 = 3, SWIGLU = 4 };
 
 constexpr int64_t R = 8;                // output rows per block
 constexpr int64_t W16 = 16;             // columns per tile (one AVX-512 register of fp32)
+constexpr int64_t W64 = 64;             // columns per int8 tile (one AVX-512 register of bytes)
 constexpr int64_t PREFETCH_BYTES = 2048;  // how far ahead a block's stream is prefetched
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -82,18 +89,31 @@ inline float activate(float v, int64_t kind) {
   }
 }
 
-// A (n, k) matrix in the kernel's layout: (n/R, k/16, R, 16), zero-padded to whole tiles.
+// A (n, k) matrix in the kernel's layout: (n/R, k/W, R, W), zero-padded to whole tiles, with
+// W = 16 for fp32/bf16 and 64 for int8. An int8 matrix also keeps its per-row scales and the
+// sums of its rows (the correction for the offset of the high input byte), padded to n/R*R.
 struct Packed {
-  torch::Tensor data;
+  torch::Tensor data, scales, row_sums;
   int64_t n = 0, k = 0, chunks = 0;
 
-  static Packed from(const torch::Tensor& w) {
-    const int64_t n = w.size(0), k = w.size(1), np = round_up(n, R), kp = round_up(k, W16);
+  static Packed from(const torch::Tensor& w, const torch::Tensor& scales) {
+    const bool int8 = w.scalar_type() == torch::kChar;
+    TORCH_CHECK(int8 == scales.defined(), "int8 matrices, and only they, come with scales");
+    const int64_t width = int8 ? W64 : W16;
+    const int64_t n = w.size(0), k = w.size(1), np = round_up(n, R), kp = round_up(k, width);
     auto padded = torch::zeros({np, kp}, w.options());
     padded.narrow(0, 0, n).narrow(1, 0, k).copy_(w);
-    return {padded.view({np / R, R, kp / W16, W16}).permute({0, 2, 1, 3}).contiguous(), n, k, kp / W16};
+    Packed p{padded.view({np / R, R, kp / width, width}).permute({0, 2, 1, 3}).contiguous(), {}, {}, n, k,
+             kp / width};
+    if (int8) {
+      TORCH_CHECK(scales.numel() == n && scales.scalar_type() == torch::kFloat32, "one fp32 scale per row");
+      p.scales = torch::zeros({np}, torch::kFloat32);
+      p.scales.narrow(0, 0, n).copy_(scales);
+      p.row_sums = padded.to(torch::kInt).sum(1, false, torch::kInt).contiguous();
+    }
+    return p;
   }
-  int64_t padded_k() const { return chunks * W16; }
+  bool int8() const { return scales.defined(); }
 };
 
 #if defined(__AVX512F__)
@@ -129,6 +149,101 @@ inline void dot_block(const T* block, int64_t chunks, const float* x, float* out
   }
   std::copy(acc, acc + R, out);
 #endif
+}
+
+// An input vector in 16-bit fixed point, split into bytes for `vpdpbusd` (unsigned x signed):
+// x ~= scale * (256 * (hi - 128) + lo), with hi and lo in [0, 255]; entries past k are zero.
+inline float split_bytes(const float* x, int64_t k, int64_t kp, uint8_t* hi, uint8_t* lo) {
+  float top = 0.f;
+  for (int64_t i = 0; i < k; i++) top = std::max(top, std::fabs(x[i]));
+  const float scale = top > 0.f ? top / 32767.f : 1.f, inv = 1.f / scale;
+  for (int64_t i = 0; i < kp; i++) {
+    const int32_t v = i < k ? int32_t(std::lrint(x[i] * inv)) : 0;  // |v| <= 32767
+    hi[i] = uint8_t((v >> 8) + 128);  // arithmetic shift: floor(v / 256)
+    lo[i] = uint8_t(v & 255);
+  }
+  return scale;
+}
+
+// The R integer dot products of one packed int8 block with the high and the low input bytes.
+inline void dot_block_i8(const int8_t* block, int64_t chunks, const uint8_t* hi, const uint8_t* lo, int32_t* out_hi,
+                         int32_t* out_lo) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  __m512i acc_hi[R], acc_lo[R];
+  for (int r = 0; r < R; r++) acc_hi[r] = acc_lo[r] = _mm512_setzero_si512();
+  for (int64_t c = 0; c < chunks; c++) {
+    const int8_t* tile = block + c * R * W64;
+    const char* ahead = reinterpret_cast<const char*>(tile) + PREFETCH_BYTES;
+    for (int64_t line = 0; line < R * W64; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+    const __m512i h = _mm512_loadu_si512(hi + c * W64), l = _mm512_loadu_si512(lo + c * W64);
+    for (int r = 0; r < R; r++) {
+      const __m512i w = _mm512_loadu_si512(tile + r * W64);
+      acc_hi[r] = _mm512_dpbusd_epi32(acc_hi[r], h, w);
+      acc_lo[r] = _mm512_dpbusd_epi32(acc_lo[r], l, w);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    out_hi[r] = _mm512_reduce_add_epi32(acc_hi[r]);
+    out_lo[r] = _mm512_reduce_add_epi32(acc_lo[r]);
+  }
+#else
+  for (int r = 0; r < R; r++) out_hi[r] = out_lo[r] = 0;
+  for (int64_t c = 0; c < chunks; c++) {
+    const int8_t* tile = block + c * R * W64;
+    for (int r = 0; r < R; r++) {
+      int32_t sh = 0, sl = 0;
+#pragma omp simd reduction(+ : sh, sl)
+      for (int64_t i = 0; i < W64; i++) {
+        sh += int32_t(hi[c * W64 + i]) * tile[r * W64 + i];
+        sl += int32_t(lo[c * W64 + i]) * tile[r * W64 + i];
+      }
+      out_hi[r] += sh, out_lo[r] += sl;
+    }
+  }
+#endif
+}
+
+// The R fp32 outputs of an int8 block: scales times the integer products, offset corrected.
+inline void dot_block_q(const Packed& W, int64_t blk, const uint8_t* hi, const uint8_t* lo, float x_scale,
+                        float* out) {
+  int32_t dh[R], dl[R];
+  dot_block_i8(reinterpret_cast<const int8_t*>(W.data.data_ptr()) + blk * W.chunks * R * W64, W.chunks, hi, lo,
+               dh, dl);
+  const float* scales = W.scales.data_ptr<float>() + blk * R;
+  const int32_t* sums = W.row_sums.data_ptr<int32_t>() + blk * R;
+  for (int r = 0; r < R; r++) {
+    const double dot = 256.0 * (double(dh[r]) - 128.0 * double(sums[r])) + double(dl[r]);
+    out[r] = float(dot * double(x_scale) * double(scales[r]));
+  }
+}
+
+// Input vectors of an int8 product, split into bytes once per product and batch row.
+struct SplitInput {
+  std::vector<uint8_t> hi, lo;
+  std::vector<float> scale;
+  int64_t stride = 0;
+};
+
+// out[b, :n] (+)= W . x[b] + bias for int8 W, like `matvec` below; `in` holds the split inputs.
+template <typename Post>
+void matvec_q(const Packed& W, const float* bias, const SplitInput& in, float* out, int64_t out_stride, int64_t B,
+              bool accumulate, const Packed* up, const float* up_bias, Post post) {
+  float acc[R], acc_up[R];
+#pragma omp for schedule(static)
+  for (int64_t blk = 0; blk < (W.n + R - 1) / R; blk++) {
+    const int64_t n0 = blk * R, rows = std::min(R, W.n - n0);
+    for (int64_t b = 0; b < B; b++) {
+      const uint8_t *hi = &in.hi[b * in.stride], *lo = &in.lo[b * in.stride];
+      dot_block_q(W, blk, hi, lo, in.scale[b], acc);
+      if (up) dot_block_q(*up, blk, hi, lo, in.scale[b], acc_up);
+      for (int64_t r = 0; r < rows; r++) {
+        const float v = acc[r] + (bias ? bias[n0 + r] : 0.f);
+        const float u = up ? acc_up[r] + (up_bias ? up_bias[n0 + r] : 0.f) : 0.f;
+        float* o = out + b * out_stride + n0 + r;
+        *o = post(v, u) + (accumulate ? *o : 0.f);
+      }
+    }
+  }
 }
 
 // out[b, :n] (+)= W . x[b] + bias for B batch rows, inside the caller's parallel region.
@@ -199,34 +314,45 @@ class NativeModel {
  public:
   // `layers`: 16 tensors per layer in the order of microgpt/native.py; `globals`: wte, wpe,
   // rope cos, rope sin, embed-norm gain and bias, final-norm gain and bias, lm_head.
+  // `scales`: empty for fp32/bf16 weights; for int8 weights the fp32 per-row scales of qkv, proj,
+  // fc and mlp proj of every layer, then of wte and lm_head (the KV cache is then fp32).
   NativeModel(const std::vector<torch::Tensor>& layers, const std::vector<torch::Tensor>& globals,
-              const std::vector<int64_t>& ints, double eps) {
+              const std::vector<torch::Tensor>& scales, const std::vector<int64_t>& ints, double eps) {
     TORCH_CHECK(ints.size() == 13, "expected 13 shape integers");
     n_layer_ = ints[0], n_head_ = ints[1], n_kv_head_ = ints[2], head_size_ = ints[3], n_embd_ = ints[4];
     hidden_ = ints[5], vocab_ = ints[6], norm_ = ints[7], mlp_ = ints[8], rope_ = ints[9], qk_norm_ = ints[10];
     embed_norm_ = ints[11], final_norm_ = ints[12], eps_ = eps;
     TORCH_CHECK(int64_t(layers.size()) == n_layer_ * 16 && globals.size() == 9, "unexpected tensor lists");
-    dtype_ = globals[0].scalar_type();
-    TORCH_CHECK(dtype_ == torch::kFloat32 || dtype_ == torch::kBFloat16, "weights must be float32 or bfloat16");
+    const bool int8 = !scales.empty();
+    TORCH_CHECK(!int8 || int64_t(scales.size()) == n_layer_ * 4 + 2, "expected 4 scales per layer and 2 more");
+    TORCH_CHECK(int8 == (globals[0].scalar_type() == torch::kChar), "scales come with int8 weights only");
+    dtype_ = int8 ? torch::kFloat32 : globals[0].scalar_type();
+    TORCH_CHECK(dtype_ == torch::kFloat32 || dtype_ == torch::kBFloat16, "weights must be fp32, bf16 or int8");
+    const auto scale = [&](int64_t i) { return int8 ? scales[i] : torch::Tensor(); };
     for (int64_t l = 0; l < n_layer_; l++) {
       const torch::Tensor* w = &layers[l * 16];
       Layer layer{w[0], w[1], w[3], w[4], w[5], w[6], w[7], w[9], w[10], w[11], w[13], torch::Tensor(), w[15]};
-      layer.qkv = Packed::from(w[2]);
-      layer.proj = Packed::from(w[8]);
+      layer.qkv = Packed::from(w[2], scale(l * 4));
+      layer.proj = Packed::from(w[8], scale(l * 4 + 1));
+      const torch::Tensor fc_scale = scale(l * 4 + 2);
+      const auto half = [&](const torch::Tensor& t, int64_t at) {
+        return t.defined() ? t.narrow(0, at, hidden_) : t;
+      };
       if (mlp_ == SWIGLU) {  // gate and up rows packed apart, so block i of each pairs up
-        layer.fc = Packed::from(w[12].narrow(0, 0, hidden_));
-        layer.up = Packed::from(w[12].narrow(0, hidden_, hidden_));
+        layer.fc = Packed::from(w[12].narrow(0, 0, hidden_), half(fc_scale, 0));
+        layer.up = Packed::from(w[12].narrow(0, hidden_, hidden_), half(fc_scale, hidden_));
         layer.fc_bias = w[13].numel() ? w[13].narrow(0, 0, hidden_).contiguous() : w[13];
         layer.up_bias = w[13].numel() ? w[13].narrow(0, hidden_, hidden_).contiguous() : w[13];
       } else {
-        layer.fc = Packed::from(w[12]);
+        layer.fc = Packed::from(w[12], fc_scale);
       }
-      layer.mlp_proj = Packed::from(w[14]);
+      layer.mlp_proj = Packed::from(w[14], scale(l * 4 + 3));
       layers_.push_back(std::move(layer));
     }
     wte_ = globals[0], wpe_ = globals[1], cos_ = globals[2], sin_ = globals[3];
     embed_gain_ = globals[4], embed_bias_ = globals[5], final_gain_ = globals[6], final_bias_ = globals[7];
-    lm_head_ = Packed::from(globals[8]);
+    if (int8) wte_scales_ = scales[n_layer_ * 4];
+    lm_head_ = Packed::from(globals[8], scale(n_layer_ * 4 + 1));
   }
 
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions,
@@ -258,6 +384,11 @@ class NativeModel {
     const float scale = 1.f / std::sqrt(float(hs));
     // Inputs of products are zero-padded to whole tiles; the padding is never written.
     std::vector<float> x(B * C), h(B * c_pad), qkv(B * qkv_width), att(B * q_pad), act(B * h_pad);
+    SplitInput split;  // int8 products only
+    if (wte_scales_.defined()) {
+      split.stride = round_up(std::max({C, q_width, hidden_}), W64);
+      split.hi.resize(B * split.stride), split.lo.resize(B * split.stride), split.scale.resize(B);
+    }
     auto logits = torch::empty({B, vocab_}, torch::kFloat32);
     const int64_t kind = mlp_;
     const auto activation = [kind](float v, float up) {
@@ -269,9 +400,15 @@ class NativeModel {
       std::vector<float> scores;
 #pragma omp single
       for (int64_t b = 0; b < B; b++) {  // token (+ learned position) embedding
-        const T* te = reinterpret_cast<const T*>(wte_.data_ptr()) + tok[b] * C;
         const T* pe = wpe_.numel() ? reinterpret_cast<const T*>(wpe_.data_ptr()) + pos[b] * C : nullptr;
-        for (int64_t i = 0; i < C; i++) x[b * C + i] = widen(te[i]) + (pe ? widen(pe[i]) : 0.f);
+        if (wte_scales_.defined()) {
+          const int8_t* te = reinterpret_cast<const int8_t*>(wte_.data_ptr()) + tok[b] * C;
+          const float s = wte_scales_.data_ptr<float>()[tok[b]];
+          for (int64_t i = 0; i < C; i++) x[b * C + i] = float(te[i]) * s + (pe ? widen(pe[i]) : 0.f);
+        } else {
+          const T* te = reinterpret_cast<const T*>(wte_.data_ptr()) + tok[b] * C;
+          for (int64_t i = 0; i < C; i++) x[b * C + i] = widen(te[i]) + (pe ? widen(pe[i]) : 0.f);
+        }
         if (embed_norm_) norm(&x[b * C], &x[b * C], C, norm_, eps_, f32_or_null(embed_gain_), f32_or_null(embed_bias_));
       }
       for (int64_t l = 0; l < n_layer_; l++) {
@@ -283,7 +420,7 @@ class NativeModel {
         for (int64_t b = 0; b < B; b++) {
           norm(&x[b * C], &h[b * c_pad], C, norm_, eps_, f32_or_null(w.attn_gain), f32_or_null(w.attn_bias));
         }
-        matvec<T>(w.qkv, f32_or_null(w.qkv_bias), h.data(), c_pad, qkv.data(), qkv_width, B, false, nullptr, nullptr,
+        product<T>(split, w.qkv, f32_or_null(w.qkv_bias), h.data(), c_pad, qkv.data(), qkv_width, B, false, nullptr, nullptr,
                   identity);
 #pragma omp single
         for (int64_t b = 0; b < B; b++) {  // q/k norm, rotary, then store k and v at this row's position
@@ -335,16 +472,16 @@ class NativeModel {
             for (int64_t i = 0; i < hs; i++) out[i] += p * widen(vals[t * hs + i]);
           }
         }
-        matvec<T>(w.proj, f32_or_null(w.proj_bias), att.data(), q_pad, x.data(), C, B, true, nullptr, nullptr,
+        product<T>(split, w.proj, f32_or_null(w.proj_bias), att.data(), q_pad, x.data(), C, B, true, nullptr, nullptr,
                   identity);
 #pragma omp single
         for (int64_t b = 0; b < B; b++) {
           norm(&x[b * C], &h[b * c_pad], C, norm_, eps_, f32_or_null(w.mlp_gain), f32_or_null(w.mlp_bias));
         }
         const bool glu = mlp_ == SWIGLU;
-        matvec<T>(w.fc, f32_or_null(w.fc_bias), h.data(), c_pad, act.data(), h_pad, B, false, glu ? &w.up : nullptr,
+        product<T>(split, w.fc, f32_or_null(w.fc_bias), h.data(), c_pad, act.data(), h_pad, B, false, glu ? &w.up : nullptr,
                   glu ? f32_or_null(w.up_bias) : nullptr, activation);
-        matvec<T>(w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), h_pad, x.data(), C, B, true, nullptr,
+        product<T>(split, w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), h_pad, x.data(), C, B, true, nullptr,
                   nullptr, identity);
       }
 #pragma omp single
@@ -353,13 +490,31 @@ class NativeModel {
         if (final_norm_) norm(xb, &h[b * c_pad], C, norm_, eps_, f32_or_null(final_gain_), f32_or_null(final_bias_));
         else std::copy(xb, xb + C, &h[b * c_pad]);
       }
-      matvec<T>(lm_head_, nullptr, h.data(), c_pad, logits.data_ptr<float>(), vocab_, B, false, nullptr, nullptr,
+      product<T>(split, lm_head_, nullptr, h.data(), c_pad, logits.data_ptr<float>(), vocab_, B, false, nullptr, nullptr,
                 identity);
     }
     return logits;
   }
 
+  // W . x for fp32/bf16 W (`matvec`), or for int8 W: split the inputs into bytes, then `matvec_q`.
+  template <typename T, typename Post>
+  static void product(SplitInput& split, const Packed& W, const float* bias, const float* x, int64_t x_stride,
+                      float* out, int64_t out_stride, int64_t B, bool accumulate, const Packed* up,
+                      const float* up_bias, Post post) {
+    if (!W.int8()) {
+      matvec<T>(W, bias, x, x_stride, out, out_stride, B, accumulate, up, up_bias, post);
+      return;
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+      split.scale[b] = split_bytes(x + b * x_stride, W.k, W.chunks * W64, &split.hi[b * split.stride],
+                                   &split.lo[b * split.stride]);
+    }
+    matvec_q(W, bias, split, out, out_stride, B, accumulate, up, up_bias, post);
+  }
+
   std::vector<Layer> layers_;
+  torch::Tensor wte_scales_;
   torch::Tensor wte_, wpe_, cos_, sin_, embed_gain_, embed_bias_, final_gain_, final_bias_;
   Packed lm_head_;
   torch::ScalarType dtype_;
@@ -373,7 +528,7 @@ class NativeModel {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<NativeModel>(m, "NativeModel")
       .def(pybind11::init<const std::vector<torch::Tensor>&, const std::vector<torch::Tensor>&,
-                          const std::vector<int64_t>&, double>())
+                          const std::vector<torch::Tensor>&, const std::vector<int64_t>&, double>())
       .def("step", &NativeModel::step, pybind11::call_guard<pybind11::gil_scoped_release>(),
            "Feed one token per row, write the KV caches, return fp32 logits (B, V)");
 }

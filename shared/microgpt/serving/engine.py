@@ -1,0 +1,462 @@
+"""Continuous batching: concurrent requests share one model, one decode step at a time.
+
+    engine = BatchEngine(model, max_batch=32)
+    engine.start()
+    handle = engine.submit(prompt_ids, SamplingParams(max_new_tokens=64, seed=1))
+    for event in handle:            # or `async for event in handle` inside an event loop
+        ...                         # TokenEvent(token_id, logprob, top_logprobs, finish_reason)
+    engine.stop()
+
+Design (vLLM's continuous batching at nanochat's scale; the engine speaks token ids):
+- One KV cache, preallocated for `max_batch` rows at the full context. Active requests
+  hold rows 0..n-1; when one retires, the last active row moves into its place (its cache
+  prefix copied), so a decode step always runs on the first n rows: one stream pays for
+  one row, not for `max_batch`.
+- A scheduler thread loops: retire finished and cancelled rows, admit waiting requests
+  into the free rows (their prompts prefilled together, right-padded, by the eager
+  model, up to `prefill_tokens` padded tokens a step), then run ONE decode step for all
+  active rows (the native C++ step on CPU when the model allows, else eager) and choose
+  each row's token with its own `SamplingParams` and seeded generator. Requests join
+  between steps; nobody waits for a batch to drain.
+- Stop strings are the caller's (it decodes text, then cancels); `stop_token_ids` (EOS)
+  end a request here with finish_reason "stop" and are never emitted.
+- Backpressure: at most `max_queue` requests wait, then `submit` raises `QueueFullError`
+  with a retry-after estimate. A prompt longer than the context is a `ValueError` worded
+  like OpenAI's; `max_new_tokens` is capped to the context left.
+- A row's tokens do not depend on the rest of the batch under the native step (it
+  computes every row alone); under eager decoding a batch's matmuls may round
+  differently from a single row's, in the last bits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from microgpt.generate import Backend, activation_device_and_dtype, make_decode_step
+from microgpt.kv_cache import KVCache
+from microgpt.model import GPT
+from microgpt.sampling import SamplingParams, SequenceSampler, token_logprobs
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "cancelled"]
+MAX_LOGPROBS = 20  # OpenAI's limit on alternatives per token
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One step of one request. `token_id` is None only on an event that just ends the
+    stream: a stop token (never emitted), a cancellation, or `max_new_tokens=0`."""
+
+    token_id: int | None
+    logprob: float | None = None  # of token_id under the model's raw distribution, if asked
+    top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens, if asked
+    finish_reason: FinishReason | None = None  # set on the last event of a request
+
+
+class QueueFullError(Exception):
+    """Too many requests are waiting; try again after `retry_after` seconds."""
+
+    def __init__(self, queued: int, retry_after: float) -> None:
+        super().__init__(f"{queued} requests are already waiting; retry after {retry_after:.0f} s")
+        self.queued, self.retry_after = queued, retry_after
+
+
+class EngineError(RuntimeError):
+    """The engine stopped serving a request (it failed, or was stopped before the request ran)."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int  # requests decoding now
+    queued: int  # requests waiting for a row
+    last_batch_size: int  # rows in the latest decode step
+    max_batch: int
+    steps: int  # decode steps so far
+    prompt_tokens: int  # prefilled so far
+    generated_tokens: int  # emitted so far
+    backend: str
+
+
+class RequestHandle:
+    """One request's token events, readable from a thread (`for`) or a coroutine (`async for`).
+
+    Leaving the loop early (break, an exception, a disconnected client's cancelled task)
+    cancels the request, so its row is freed at the next step.
+    """
+
+    def __init__(self, prompt: list[int], params: SamplingParams, logprobs: int | None, limit: int) -> None:
+        self.prompt, self.params, self.logprobs = prompt, params, logprobs
+        self.max_new_tokens = limit  # after capping to the context
+        self.prompt_tokens = len(prompt)
+        self.completion_tokens = 0
+        self.submitted_at = time.perf_counter()
+        self.time_to_first_token: float | None = None  # seconds from submit to the first event
+        self.finish_reason: FinishReason | None = None
+        self._cancelled = False
+        self._events: deque[TokenEvent] = deque()
+        self._cond = threading.Condition()
+        self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._error: BaseException | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self._error is not None
+
+    def cancel(self) -> None:
+        """Ask the engine to end this request; it frees the row at its next step."""
+        self._cancelled = True
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        finished = False
+        try:
+            while True:
+                with self._cond:
+                    while not self._events and self._error is None:
+                        self._cond.wait()
+                    if not self._events:
+                        raise EngineError(str(self._error)) from self._error
+                    event = self._events.popleft()
+                yield event
+                if event.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.cancel()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._events_async()
+
+    async def _events_async(self) -> AsyncIterator[TokenEvent]:
+        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        waker = (loop, wake)
+        with self._cond:
+            self._wakers.append(waker)
+        finished = False
+        try:
+            while True:
+                with self._cond:
+                    batch, error = list(self._events), self._error
+                    self._events.clear()
+                    if not batch:
+                        wake.clear()  # under the lock: a later event sets it again
+                for event in batch:
+                    yield event
+                    if event.finish_reason is not None:
+                        finished = True
+                        return
+                if not batch:
+                    if error is not None:
+                        raise EngineError(str(error)) from error
+                    await wake.wait()
+        finally:
+            with self._cond:
+                self._wakers.remove(waker)
+            if not finished:
+                self.cancel()
+
+    # --- called by the engine's thread ---
+
+    def _emit(self, event: TokenEvent) -> None:
+        if self.time_to_first_token is None:
+            self.time_to_first_token = time.perf_counter() - self.submitted_at
+        if event.token_id is not None:
+            self.completion_tokens += 1
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+        with self._cond:
+            self._events.append(event)
+            self._cond.notify_all()
+            self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        for loop, wake in self._wakers:
+            with contextlib.suppress(RuntimeError):  # that event loop is closed; its reader is gone
+                loop.call_soon_threadsafe(wake.set)
+
+
+@dataclass
+class _Row:
+    """An admitted request: the cache row it holds is its index in `BatchEngine._rows`."""
+
+    handle: RequestHandle
+    sampler: SequenceSampler
+    length: int  # tokens in the cache
+    next_token: int  # the token to feed at the next decode step
+
+
+def resolve_backend(model: GPT, backend: Backend | Literal["auto"]) -> Backend:
+    """`auto`: the native step on CPU when it can run this model (and build), else eager."""
+    if backend != "auto":
+        return backend
+    device, _ = activation_device_and_dtype(model)
+    if device.type != "cpu":
+        return "eager"
+    try:
+        from microgpt.native import native_decode_step
+
+        native_decode_step(model)
+    except Exception as e:  # an unsupported model, or no compiler to build the extension
+        log.warning("native decode step unavailable (%s); decoding with eager PyTorch", e)
+        return "eager"
+    return "native"
+
+
+class BatchEngine:
+    """Serves token-id requests for one model with continuous batching (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        backend: Backend | Literal["auto"] = "auto",
+        name: str = "",
+        prefill_tokens: int = 2048,
+    ) -> None:
+        if max_batch < 1 or max_queue < 0 or prefill_tokens < 1:
+            raise ValueError("max_batch and prefill_tokens must be >= 1 and max_queue >= 0")
+        self.model = model.eval()
+        self.config = model.config
+        self.name = name
+        self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
+        self.device, self.dtype = activation_device_and_dtype(model)
+        self.backend = resolve_backend(model, backend)
+        self._decode_step = make_decode_step(model, self.backend)
+        self.cache = KVCache(self.config, max_batch, device=self.device, dtype=self.dtype)
+        self._rows: list[_Row] = []
+        self._queue: deque[RequestHandle] = deque()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running = self._stopped = False
+        self._steps = self._prompt_tokens = self._generated = self._last_batch = 0
+        self._mean_request_s = 1.0  # moving average, for Retry-After
+
+    # --- public API ---
+
+    def start(self) -> None:
+        """Start the scheduler thread (idempotent)."""
+        with self._lock:
+            if self._stopped:
+                raise EngineError("the engine was stopped; create a new one")
+            if self._thread is not None:
+                return
+            self._running = True
+            self._thread = threading.Thread(
+                target=self._loop, name=f"engine-{self.name or id(self)}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the scheduler; requests still waiting or running end with "cancelled"."""
+        with self._lock:
+            self._running, self._stopped = False, True
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        with self._lock:
+            leftover = [r.handle for r in self._rows] + list(self._queue)
+            self._rows.clear()
+            self._queue.clear()
+        for handle in leftover:
+            handle._emit(TokenEvent(None, finish_reason="cancelled"))
+
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, logprobs: int | None = None
+    ) -> RequestHandle:
+        """Queue a request; its events arrive on the returned handle."""
+        prompt = [int(t) for t in prompt_ids]
+        block, vocab = self.config.block_size, self.config.vocab_size
+        if not prompt:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(prompt) > block:
+            raise ValueError(
+                f"This model's maximum context length is {block} tokens; your prompt has {len(prompt)} tokens"
+            )
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"the prompt has token ids outside the vocabulary [0, {vocab})")
+        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {logprobs}")
+        # The last token chosen is never fed back, so a row holds prompt + new - 1 tokens.
+        handle = RequestHandle(prompt, params, logprobs, min(params.max_new_tokens, block - len(prompt) + 1))
+        if handle.max_new_tokens == 0:
+            handle._emit(TokenEvent(None, finish_reason="length"))
+            return handle
+        with self._lock:
+            if self._stopped:
+                raise EngineError("the engine was stopped")
+            if len(self._queue) >= self.max_queue:
+                retry = self._mean_request_s * (len(self._queue) / self.max_batch + 1)
+                raise QueueFullError(len(self._queue), max(1.0, math.ceil(retry)))
+            self._queue.append(handle)
+            self._lock.notify_all()
+        return handle
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(
+                running=len(self._rows),
+                queued=len(self._queue),
+                last_batch_size=self._last_batch,
+                max_batch=self.max_batch,
+                steps=self._steps,
+                prompt_tokens=self._prompt_tokens,
+                generated_tokens=self._generated,
+                backend=self.backend,
+            )
+
+    # --- the scheduler thread ---
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._lock:
+                        while self._running and not self._queue and not self._rows:
+                            self._lock.wait()
+                        if not self._running:
+                            return
+                        admitted = self._admit()
+                    if admitted:
+                        self._prefill(admitted)
+                    self._retire()
+                    if self._rows:
+                        self._decode()
+                    self._retire()
+        except BaseException as e:  # fail every request rather than leave its reader waiting
+            log.exception("engine %s failed", self.name)
+            with self._lock:
+                self._running, self._stopped = False, True
+                handles = [r.handle for r in self._rows] + list(self._queue)
+                self._rows.clear()
+                self._queue.clear()
+            for handle in handles:
+                handle._fail(e)
+
+    def _admit(self) -> list[RequestHandle]:
+        """Waiting requests for the free rows, within the prefill budget (under the lock)."""
+        admitted: list[RequestHandle] = []
+        longest = 0
+        while self._queue and len(self._rows) + len(admitted) < self.max_batch:
+            handle = self._queue[0]
+            if handle.cancelled:
+                self._queue.popleft()
+                handle._emit(TokenEvent(None, finish_reason="cancelled"))
+                continue
+            width = max(longest, handle.prompt_tokens)
+            if admitted and width * (len(admitted) + 1) > self.prefill_tokens:
+                break
+            longest = width
+            admitted.append(self._queue.popleft())
+        return admitted
+
+    def _rows_view(self, start: int, count: int) -> KVCache:
+        """The cache restricted to rows [start, start + count): same storage, own row indices."""
+        view = copy.copy(self.cache)
+        view.k = [k[start : start + count] for k in self.cache.k]
+        view.v = [v[start : start + count] for v in self.cache.v]
+        view.lengths = self.cache.lengths[start : start + count]
+        view._rows = torch.arange(count, device=self.device)[:, None]
+        return view
+
+    def _prefill(self, handles: list[RequestHandle]) -> None:
+        """Prefill the admitted prompts together, into the rows after the active ones; pick first tokens."""
+        start, count = len(self._rows), len(handles)
+        view = self._rows_view(start, count)
+        view.lengths.zero_()
+        width = max(h.prompt_tokens for h in handles)
+        idx = torch.zeros(count, width, dtype=torch.long)
+        for i, h in enumerate(handles):
+            idx[i, : h.prompt_tokens] = torch.tensor(h.prompt)
+        lengths = torch.tensor([h.prompt_tokens for h in handles], device=self.device)
+        view.fit_window(width)
+        hidden, _ = self.model.hidden(idx.to(self.device), kv_cache=view)
+        view.advance(lengths)
+        logits = self.model.lm_head(hidden[torch.arange(count, device=self.device), lengths - 1])
+        vocab = self.config.vocab_size
+        for h in handles:
+            sampler = SequenceSampler(h.params, h.prompt, vocab, self.device)
+            self._rows.append(_Row(h, sampler, h.prompt_tokens, next_token=0))
+        self._prompt_tokens += sum(h.prompt_tokens for h in handles)
+        self._choose(self._rows[start:], logits)
+
+    def _decode(self) -> None:
+        """One decode step for every active row that has not finished."""
+        n = len(self._rows)
+        view = self._rows_view(0, n)
+        idx = torch.tensor([r.next_token for r in self._rows], device=self.device)[:, None]
+        view.fit_window(max(r.length for r in self._rows) + 1)
+        logits = self._decode_step(idx, view, torch.ones(n, dtype=torch.long, device=self.device))
+        for r in self._rows:
+            r.length += 1
+        self._steps += 1
+        self._last_batch = n
+        self._choose(self._rows, logits)
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token from its logits (len(rows), V) and emit it."""
+        greedy = logits.argmax(-1).tolist() if all(r.sampler.plain_greedy for r in rows) else None
+        for i, row in enumerate(rows):
+            handle = row.handle
+            if handle.cancelled:
+                continue  # retired (with its "cancelled" event) by the next `_retire`
+            token = greedy[i] if greedy is not None else row.sampler.choose(logits[i])
+            if token in handle.params.stop_token_ids:
+                handle._emit(TokenEvent(None, finish_reason="stop"))
+                continue
+            row.sampler.accept(token)
+            row.next_token = token
+            logprob, top = None, None
+            if handle.logprobs is not None:
+                logprob, top = token_logprobs(logits[i], token, handle.logprobs)
+            last = handle.completion_tokens + 1 >= handle.max_new_tokens
+            handle._emit(TokenEvent(token, logprob, top, "length" if last else None))
+            self._generated += 1
+
+    def _retire(self) -> None:
+        """Free the rows of finished and cancelled requests, moving the last active rows into them."""
+        for i in range(len(self._rows) - 1, -1, -1):
+            handle = self._rows[i].handle
+            if handle.cancelled and handle.finish_reason is None:
+                handle._emit(TokenEvent(None, finish_reason="cancelled"))
+            if handle.finish_reason is None:
+                continue
+            elapsed = time.perf_counter() - handle.submitted_at
+            self._mean_request_s = 0.9 * self._mean_request_s + 0.1 * elapsed
+            last = len(self._rows) - 1
+            if i != last:
+                moved = self._rows[last]
+                for layer in range(self.config.n_layer):
+                    for cache in (self.cache.k[layer], self.cache.v[layer]):
+                        cache[i, :, : moved.length].copy_(cache[last, :, : moved.length])
+                self.cache.lengths[i] = self.cache.lengths[last]
+                self._rows[i] = moved
+            self.cache.lengths[last] = 0
+            with self._lock:
+                self._rows.pop()
