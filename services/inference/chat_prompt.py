@@ -1,0 +1,47 @@
+"""OpenAI chat messages rendered in microgpt's plain-text chat template (`microgpt.chat`).
+
+The template has two roles, one line per message, so this is how OpenAI's roles map onto it:
+
+    User: <system and developer messages, then the user message, joined by spaces>
+    Assistant: <assistant message>
+    ...
+    User: <the last user message>
+    Assistant:
+
+System and developer messages have no line of their own (the small chat presets never saw
+one); their text is put in front of the next user message. Consecutive user messages are
+joined into one line. The conversation must end with a user message. The reply stops at
+EOS or the stop string `microgpt.chat.STOP` ("\\nUser:"), and loses the one space after
+"Assistant:", exactly as `microgpt chat` does. Unlike `microgpt chat`, nothing is trimmed:
+a conversation longer than the context is a 400, as OpenAI answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from microgpt.chat import STOP, Turn, render
+from services.common.errors import ApiError
+from services.inference.schemas import ChatMessage
+
+__all__ = ["STOP", "render_messages"]
+
+
+def render_messages(messages: Sequence[ChatMessage]) -> str:
+    """The prompt text (without BOS) of an OpenAI conversation; 400 if it does not end with the user."""
+    turns: list[Turn] = []
+    pending: list[str] = []  # system and user text waiting for the next assistant line
+    for message in messages:
+        text = message.text()
+        if message.role == "assistant":
+            turns.append(Turn(" ".join(pending), text))
+            pending = []
+        elif text:
+            pending.append(text)
+    if messages[-1].role != "user":
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"the last message must have the role 'user', not {messages[-1].role!r}",
+        )
+    return render(turns, " ".join(pending))

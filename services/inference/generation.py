@@ -1,0 +1,149 @@
+"""One sequence of one request: the engine's token events as text deltas, with stop strings and timings.
+
+The engine speaks token ids; this is where text begins. Tokens go through
+`microgpt.textgen.TextStream`, which holds back any tail that could still become a stop
+string, so a stop string is never streamed, not even in part; when one matches, the
+engine's handle is cancelled, which frees the slot at the next decode step. Leaving the
+iteration early for any reason (the client went away, the task was cancelled) cancels
+the handle too. Time to first token and inter-token latency are measured here, where the
+service hands tokens on, and fed to the model's histograms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from microgpt.textgen import TextStream
+from microgpt.tokenizers import Tokenizer
+from services.inference.metrics import InferenceMetrics
+
+if TYPE_CHECKING:
+    from microgpt.serving.engine import RequestHandle, TokenEvent
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    logprob: float | None
+    top_logprobs: list[tuple[int, float]] | None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text now safe to show, the tokens that came with it, and on the last delta why it ended."""
+
+    text: str
+    tokens: list[TokenInfo]
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+
+
+@dataclass
+class Outcome:
+    text: str
+    tokens: list[TokenInfo]
+    finish_reason: str
+
+
+@dataclass
+class Generation:
+    """Consume `handle` once, through `deltas()` or `collect()`."""
+
+    handle: RequestHandle
+    tokenizer: Tokenizer
+    model_id: str
+    metrics: InferenceMetrics
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    strip_leading_space: bool = False  # chat replies lose the space after "Assistant:"
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.handle.prompt_tokens
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.submitted_at
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this sequence; the deltas end with finish reason "cancelled"."""
+        self.cancel_requested = True
+        self.handle.cancel()
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        stream = TextStream(self.tokenizer, self.stop)
+        ttft = self.metrics.time_to_first_token.labels(self.model_id)
+        itl = self.metrics.inter_token_latency.labels(self.model_id)
+        generated = self.metrics.generation_tokens.labels(self.model_id)
+        started_text = not self.strip_leading_space
+        last = self.submitted_at
+
+        def shown(text: str) -> str:
+            nonlocal started_text
+            if not started_text and text:
+                started_text = True
+                return text[1:] if text.startswith(" ") else text
+            return text
+
+        try:
+            event: TokenEvent
+            async for event in self.handle:
+                tokens: list[TokenInfo] = []
+                text = ""
+                if self._is_output(event):
+                    now = time.perf_counter()
+                    if self.first_token_at is None:
+                        self.first_token_at = now
+                        ttft.observe(now - self.submitted_at)
+                    else:
+                        itl.observe(now - last)
+                    last = now
+                    self.completion_tokens += 1
+                    generated.inc()
+                    tokens.append(TokenInfo(event.token_id, event.logprob, event.top_logprobs))
+                    text = stream.push(event.token_id)
+                if stream.stopped:
+                    self.handle.cancel()
+                    self._finish("stop")
+                    yield Delta(shown(text), tokens, "stop")
+                    return
+                if event.finish_reason is not None:
+                    self._finish(event.finish_reason)
+                    yield Delta(shown(text + stream.flush()), tokens, event.finish_reason)
+                    return
+                text = shown(text)
+                if text or tokens:
+                    yield Delta(text, tokens)
+            reason = "cancelled" if self.cancel_requested else "length"  # ended without saying why
+            self._finish(reason)
+            yield Delta(shown(stream.flush()), [], reason)
+        finally:
+            if self.finish_reason is None:  # left early: free the slot
+                self.handle.cancel()
+                self._finish("cancelled")
+
+    async def collect(self) -> Outcome:
+        parts: list[str] = []
+        tokens: list[TokenInfo] = []
+        async for delta in self.deltas():
+            parts.append(delta.text)
+            tokens.extend(delta.tokens)
+        return Outcome("".join(parts), tokens, self.finish_reason or "length")
+
+    def _is_output(self, event: TokenEvent) -> bool:
+        """A token that belongs to the output (not EOS or a stop token, not a bare end-of-sequence event)."""
+        return (
+            event.token_id is not None and event.token_id >= 0 and event.token_id not in self.stop_token_ids
+        )
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason = reason
+        self.finished_at = time.perf_counter()

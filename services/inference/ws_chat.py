@@ -1,0 +1,213 @@
+"""WebSocket chat at `/ws/chat`: many turns over one socket, streamed token events, cancel mid-answer.
+
+Protocol (JSON text frames; `id` is the client's turn id, echoed in every event of that turn):
+
+    client: {"model": "chat@prod", "messages": [{"role": "user", "content": "hi"}], "params": {}, "id": "t1"}
+            {"model": ..., "prompt": "plain text to continue", "params": {"max_tokens": 20, "temperature": 0}}
+            {"type": "cancel"}                                    # ends the current answer
+            {"type": "auth", "api_key": "..."}                    # first frame, when no header/query key
+    server: {"type": "start", "id", "model", "prompt_tokens"}
+            {"type": "token", "id", "text", "token_ids"}          # one per text delta
+            {"type": "done", "id", "finish_reason", "text", "usage": {...},
+             "timings": {"ttft_s", "total_s", "tokens_per_s"}}  # finish_reason "cancelled" after a cancel
+            {"type": "error", "id", "error": "<code>", "detail": "..."}  # the socket stays usable
+
+`params` takes the sampling fields of the OpenAI routes (n is 1). One answer streams at a time:
+a turn sent while one runs is an error event. `messages` use the chat template of
+`services.inference.chat_prompt`; `prompt` is a plain completion. Each turn is independent:
+the client sends the whole conversation, as with the REST API. Auth, when keys are configured:
+an `Authorization: Bearer` header, `?api_key=` in the URL (browsers cannot set headers on a
+WebSocket), or an auth frame first; a missing or wrong key is an error event, then close code 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from pydantic import TypeAdapter, ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from services.common.auth import check_bearer
+from services.common.errors import ApiError
+from services.inference.chat_prompt import STOP, render_messages
+from services.inference.deps import MetricsDep, PoolDep, SettingsDep
+from services.inference.generation import Generation
+from services.inference.metrics import InferenceMetrics
+from services.inference.model_pool import ModelPool
+from services.inference.schemas import WsAuth, WsCancel, WsFrame, WsGenerate
+from services.inference.submission import encode_prompt, submit_choices, usage
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["websocket"])
+frames: TypeAdapter[WsGenerate | WsCancel | WsAuth] = TypeAdapter(WsFrame)
+POLICY_VIOLATION = 1008
+
+
+def parse_frame(raw: str | bytes | None) -> WsGenerate | WsCancel | WsAuth:
+    """A client frame; a frame without `type` is a turn. Raises ApiError 400 naming what is wrong."""
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, "invalid_frame", f"a frame must be a JSON object: {e}") from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_frame", "a frame must be a JSON object")
+    data.setdefault("type", "generate")
+    try:
+        return frames.validate_python(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc'][1:])) or 'frame'}: {x['msg']}" for x in e.errors())
+        raise ApiError(400, "invalid_frame", problems) from e
+
+
+class ChatSocket:
+    """One connection: reads frames, runs at most one turn at a time as a task."""
+
+    def __init__(self, ws: WebSocket, pool: ModelPool, max_tokens: int, metrics: InferenceMetrics) -> None:
+        self.ws, self.pool, self.max_tokens, self.metrics = ws, pool, max_tokens, metrics
+        self.turn: asyncio.Task[None] | None = None
+        self.generation: Generation | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send_text(json.dumps(event))
+
+    async def send_error(self, e: ApiError, turn_id: str | None = None) -> None:
+        await self.send({"type": "error", "id": turn_id, "error": e.error, "detail": e.detail})
+
+    async def serve(self, keys: frozenset[str]) -> None:
+        authorized = await self._authorize_from_handshake(keys)
+        if authorized is None:
+            return
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    frame = parse_frame(message.get("text") or message.get("bytes"))
+                except ApiError as e:
+                    await self.send_error(e)
+                    continue
+                if isinstance(frame, WsAuth):
+                    try:
+                        check_bearer(f"Bearer {frame.api_key}", keys)
+                    except ApiError as e:
+                        await self._refuse(e)
+                        return
+                    authorized = True
+                    await self.send({"type": "authenticated"})
+                elif not authorized:
+                    await self._refuse(
+                        ApiError(401, "unauthorized", "send {'type': 'auth', 'api_key': ...} first")
+                    )
+                    return
+                elif isinstance(frame, WsCancel):
+                    if self.turn is not None and not self.turn.done() and self.generation is not None:
+                        self.generation.cancel()
+                    else:
+                        await self.send_error(ApiError(409, "not_generating", "no answer is streaming"))
+                elif self.turn is not None and not self.turn.done():
+                    await self.send_error(
+                        ApiError(409, "busy", "an answer is still streaming; cancel it or wait"), frame.id
+                    )
+                else:
+                    self.generation = None
+                    self.turn = asyncio.create_task(self._run_turn(frame))
+        except WebSocketDisconnect:
+            return
+        finally:
+            if self.turn is not None:
+                self.turn.cancel()  # the generation's cleanup cancels its engine handle
+                await asyncio.gather(self.turn, return_exceptions=True)
+
+    async def _authorize_from_handshake(self, keys: frozenset[str]) -> bool | None:
+        """True if authorized by header or query, False if an auth frame must follow, None if refused."""
+        if not keys:
+            return True
+        header = self.ws.headers.get("authorization")
+        query = self.ws.query_params.get("api_key")
+        if header is None and query is None:
+            return False
+        try:
+            check_bearer(header if header is not None else f"Bearer {query}", keys)
+        except ApiError as e:
+            await self._refuse(e)
+            return None
+        return True
+
+    async def _refuse(self, e: ApiError) -> None:
+        await self.send_error(e)
+        await self.ws.close(POLICY_VIOLATION)
+
+    async def _run_turn(self, frame: WsGenerate) -> None:
+        try:
+            await self._answer(frame)
+        except ApiError as e:
+            await self.send_error(e, frame.id)
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("WebSocket turn failed")
+            await self.send_error(
+                ApiError(500, "internal_error", "generation failed; see the service log"), frame.id
+            )
+
+    async def _answer(self, frame: WsGenerate) -> None:
+        chat = frame.messages is not None
+        if chat == (frame.prompt is not None):
+            raise ApiError(400, "invalid_frame", "a turn needs exactly one of 'messages' and 'prompt'")
+        started = time.perf_counter()
+        async with self.pool.lease(frame.model) as model:
+            text = render_messages(frame.messages) if frame.messages is not None else frame.prompt or ""
+            [generation] = submit_choices(
+                model,
+                self.metrics,
+                [encode_prompt(model, text)],
+                frame.params,
+                default_max_tokens=self.max_tokens,
+                max_tokens_cap=self.max_tokens,
+                extra_stop=[STOP] if chat else [],
+                strip_leading_space=chat,
+            )
+            self.generation = generation
+            await self.send(
+                {
+                    "type": "start",
+                    "id": frame.id,
+                    "model": model.id,
+                    "prompt_tokens": generation.prompt_tokens,
+                }
+            )
+            parts: list[str] = []
+            async for delta in generation.deltas():
+                if delta.text:
+                    parts.append(delta.text)
+                    ids = [t.id for t in delta.tokens]
+                    await self.send({"type": "token", "id": frame.id, "text": delta.text, "token_ids": ids})
+            total = (generation.finished_at or time.perf_counter()) - generation.submitted_at
+            self.metrics.request_duration.labels(model.id).observe(time.perf_counter() - started)
+            await self.send(
+                {
+                    "type": "done",
+                    "id": frame.id,
+                    "model": model.id,
+                    "finish_reason": generation.finish_reason,
+                    "text": "".join(parts),
+                    "usage": usage([generation]).model_dump(),
+                    "timings": {
+                        "ttft_s": generation.ttft,
+                        "total_s": total,
+                        "tokens_per_s": generation.completion_tokens / total if total > 0 else None,
+                    },
+                }
+            )
+
+
+@router.websocket("/ws/chat")
+async def ws_chat(ws: WebSocket, pool: PoolDep, settings: SettingsDep, metrics: MetricsDep) -> None:
+    await ws.accept()
+    await ChatSocket(ws, pool, settings.inference_max_tokens, metrics).serve(settings.api_keys())

@@ -1,0 +1,104 @@
+"""WebSocket chat: turns over one socket, cancel mid-answer, bad frames, auth by header, query or frame."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+TINY, SLOW = "tiny@production", "slow@production"
+pytestmark = pytest.mark.usefixtures("one_thread_session")
+
+
+def ws_url(base: str, query: str = "") -> str:
+    return base.replace("http://", "ws://") + "/ws/chat" + query
+
+
+def events_until_done(ws: ClientConnection) -> list[dict[str, Any]]:
+    events = []
+    while True:
+        event = json.loads(ws.recv(timeout=60))
+        events.append(event)
+        if event["type"] in ("done", "error"):
+            return events
+
+
+def test_several_turns_over_one_socket(base: str) -> None:
+    with connect(ws_url(base)) as ws:
+        chat = {"model": TINY, "id": "t1", "params": {"max_tokens": 16, "temperature": 0}}
+        ws.send(json.dumps({**chat, "messages": [{"role": "user", "content": "Who art thou?"}]}))
+        first = events_until_done(ws)
+        assert first[0]["type"] == "start" and first[0]["id"] == "t1" and first[0]["prompt_tokens"] > 0
+        done = first[-1]
+        assert done["type"] == "done" and done["finish_reason"] in ("stop", "length")
+        assert done["text"] == "".join(e["text"] for e in first if e["type"] == "token")
+        assert done["usage"]["completion_tokens"] >= len([e for e in first if e["type"] == "token"])
+        assert done["timings"]["ttft_s"] > 0 and done["timings"]["tokens_per_s"] > 0
+
+        ws.send("this is not json")  # a bad frame: an error event, and the socket stays usable
+        bad = json.loads(ws.recv(timeout=10))
+        assert bad["type"] == "error" and bad["error"] == "invalid_frame"
+        ws.send(json.dumps({"model": TINY, "prompt": "x", "params": {"temperature": -1}}))
+        assert json.loads(ws.recv(timeout=10))["error"] == "invalid_frame"
+
+        follow_up = [
+            {"role": "user", "content": "Who art thou?"},
+            {"role": "assistant", "content": done["text"]},
+            {"role": "user", "content": "And whence?"},
+        ]
+        ws.send(json.dumps({**chat, "id": "t2", "messages": follow_up}))
+        second = events_until_done(ws)
+        assert second[-1]["type"] == "done" and second[-1]["id"] == "t2"
+        assert second[0]["prompt_tokens"] > first[0]["prompt_tokens"]
+
+        ws.send(json.dumps({"model": TINY, "id": "t3", "prompt": "ROMEO:", "params": {"max_tokens": 5}}))
+        assert events_until_done(ws)[-1]["usage"]["completion_tokens"] <= 5
+
+
+def test_cancel_ends_the_answer_and_the_socket_goes_on(base: str) -> None:
+    with connect(ws_url(base)) as ws:
+        ws.send(json.dumps({"model": SLOW, "id": "long", "prompt": "a", "params": {"max_tokens": 1000}}))
+        assert json.loads(ws.recv(timeout=60))["type"] == "start"
+        ws.send(json.dumps({"model": SLOW, "prompt": "b"}))  # one answer at a time
+        busy = None
+        while busy is None:
+            event = json.loads(ws.recv(timeout=60))
+            if event["type"] == "error":
+                busy = event
+        assert busy["error"] == "busy"
+        ws.send(json.dumps({"type": "cancel"}))
+        rest = events_until_done(ws)
+        assert rest[-1]["type"] == "done" and rest[-1]["finish_reason"] == "cancelled"
+        assert rest[-1]["usage"]["completion_tokens"] < 1000
+        ws.send(json.dumps({"type": "cancel"}))  # nothing to cancel now
+        assert json.loads(ws.recv(timeout=10))["error"] == "not_generating"
+        ws.send(json.dumps({"model": TINY, "prompt": "A", "params": {"max_tokens": 3}}))
+        assert events_until_done(ws)[-1]["type"] == "done"
+
+
+def test_ws_auth_by_header_query_or_first_frame(serve) -> None:  # noqa: ANN001
+    turn = json.dumps({"model": TINY, "prompt": "A", "params": {"max_tokens": 2}})
+    with serve(api_key="k1,k2") as base:
+        with connect(ws_url(base), additional_headers={"Authorization": "Bearer k1"}) as ws:
+            ws.send(turn)
+            assert events_until_done(ws)[-1]["type"] == "done"
+        with connect(ws_url(base, "?api_key=k2")) as ws:
+            ws.send(turn)
+            assert events_until_done(ws)[-1]["type"] == "done"
+        with connect(ws_url(base)) as ws:
+            ws.send(json.dumps({"type": "auth", "api_key": "k2"}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+            ws.send(turn)
+            assert events_until_done(ws)[-1]["type"] == "done"
+        for query, first in [("?api_key=wrong", None), ("", turn)]:
+            with connect(ws_url(base, query)) as ws:
+                if first:
+                    ws.send(first)
+                refused = json.loads(ws.recv(timeout=10))
+                assert refused["type"] == "error" and refused["error"] in ("unauthorized", "forbidden")
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
