@@ -150,3 +150,21 @@ def test_bad_arguments_are_clear_errors(stream_dir: Path, docs_dir: Path, tmp_pa
         Batches(tmp_path, batch_size=8, block_size=8, seed=0)
     with pytest.raises(ValueError, match="step must be >= 0"):
         Batches(docs_dir, batch_size=8, block_size=8, seed=0).get(-1)
+
+
+def test_trim_padding_keeps_every_target_and_the_loss() -> None:
+    from microgpt.config import GPTConfig
+    from microgpt.data.batches import IGNORE_INDEX, trim_padding
+    from microgpt.model import GPT
+
+    y = torch.full((3, 10), IGNORE_INDEX)
+    y[0, :4], y[1, :6], y[2, :2] = 1, 2, 3
+    x = torch.zeros_like(y)
+    x[y != IGNORE_INDEX] = 5
+    tx, ty = trim_padding(x, y)
+    assert tx.shape == ty.shape == (3, 6)
+    assert torch.equal(ty, y[:, :6]) and torch.equal(tx, x[:, :6])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8, block_size=10, n_layer=1, n_head=2, n_embd=8)).double()
+    torch.testing.assert_close(model(tx, ty).loss, model(x, y).loss, rtol=1e-12, atol=0)
+    assert trim_padding(x, torch.full_like(y, IGNORE_INDEX))[0].shape == (3, 1)

@@ -95,6 +95,6 @@ def test_two_gloo_ranks_follow_the_one_process_loss_curve(tmp_path: Path) -> Non
 
     # Only rank 0 printed and wrote: one "done" line, one run directory's worth of files.
     assert ddp.stdout.count("done:") == single.stdout.count("done:") == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "checkpoint", "metrics.jsonl"]
     state = load_checkpoint(tmp_path / "two" / "checkpoint").trainer_state
     assert state["step"] == STEPS and state["losses"] == two_train

@@ -102,6 +102,10 @@ class TrainConfig(_Strict):
     tokenizer: str = "char"
     eval_interval: int = 250
     eval_steps: int = 20
+    # Stop after this many evaluations in a row without a new best val loss (0: never).
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0  # an improvement smaller than this does not count
+    compile: bool = False  # torch.compile the model (Inductor); numerics may differ in the last bits
     seed: int = 1337
 
     @model_validator(mode="after")
@@ -109,6 +113,8 @@ class TrainConfig(_Strict):
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
+            raise ValueError("early_stopping_patience and early_stopping_min_delta must be >= 0")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         return self

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt.config import GPTConfig
+from microgpt.dropout import Dropout, dropout
 from microgpt.kv_cache import KVCache
 
 
@@ -98,9 +99,11 @@ class Attention(nn.Module):
             assert positions is not None
             k, v = cache.write(layer, k, v, positions)  # (B, nkv, L, hs)
             mask = cache.attention_mask(positions)  # (B, 1, T, L)
-        if need_weights or (cache is not None and T == 1):
+        cpu_dropout = self.training and x.device.type == "cpu"
+        if need_weights or cpu_dropout or (cache is not None and T == 1):
             # Decoding one token: plain math that torch.compile fuses into a single
             # loop, cheaper than a flash kernel for one query over a short cache.
+            # Dropout on the CPU: SDPA would take its math path anyway, with slow masks.
             y, probs = self._explicit_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
@@ -135,7 +138,9 @@ class Attention(nn.Module):
         else:
             mask = mask[:, :, None]  # (B, 1, 1, T, S)
         probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        y = (probs @ v).view(B, nh, T, hs)
+        # In v's dtype first (bf16 under autocast, as the product would cast it anyway): the
+        # dropout pass then moves half the bytes of fp32 probabilities.
+        y = (dropout(probs.to(v.dtype), self.dropout, self.training) @ v).view(B, nh, T, hs)
         return y, probs.view(B, nh, T, -1)
 
 
@@ -171,7 +176,7 @@ class Block(nn.Module):
         self.attn = Attention(config)
         self.mlp_norm = Norm(config.n_embd, config)
         self.mlp = MLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self,
@@ -207,7 +212,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.embed_norm = Norm(config.n_embd, config) if config.embed_norm else None
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = Norm(config.n_embd, config) if config.final_norm else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -5,8 +5,9 @@
 
 - `shakespeare-cpu`: the full 2,000-step recipe; prints the final validation loss and the
   wall time (nanoGPT's CPU recipe reaches 1.88 in about 100 s on a 2-core machine).
-- `shakespeare` (10.7M, block 256): a few bf16-autocast training steps; prints tokens/s and the MFU
-  against the fp32 and bf16 matmul peaks measured by the same command.
+- `shakespeare` (10.7M, block 256): a few bf16-autocast training steps (dropout 0.2, as the
+  preset); prints tokens/s and the MFU against the fp32 and bf16 matmul peaks measured by the
+  same command.
 - `names`: the makemore-size model on names-32k for up to 5 minutes of wall time; prints
   the best validation loss and when it was reached.
 
@@ -27,6 +28,9 @@ from microgpt.train.loop import TrainCallback, train
 from microgpt.zoo import get_preset
 
 RECIPES = ("shakespeare-cpu", "shakespeare", "names")
+# The preset's 64-row batch as 4 accumulated micro-batches of 16: the same optimizer steps,
+# with activations that stay in the CPU's caches (1.15x the tokens/s of 64 rows at once).
+MICRO = {"batch_size": 16, "grad_accum": 4}
 
 
 class _Deadline(TrainCallback):
@@ -56,15 +60,14 @@ def shakespeare_cpu(cache_dir: Path, work: Path) -> None:
 def shakespeare_throughput(cache_dir: Path, work: Path, steps: int = 20) -> None:
     preset = get_preset("shakespeare")
     peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    result = train(
-        preset, out_dir=work / "shakespeare", cache_dir=cache_dir,
-        train_overrides={"max_steps": steps, "eval_interval": steps, "eval_steps": 1, "precision": "bf16"},
-    )  # fmt: skip
+    overrides = {"max_steps": steps, "eval_interval": steps, "eval_steps": 1, "precision": "bf16", **MICRO}
+    result = train(preset, out_dir=work / "shakespeare", cache_dir=cache_dir, train_overrides=overrides)
     with torch.device("meta"):
         flops = GPT(preset.model.updated(vocab_size=65)).flops_per_token()
     achieved = flops * result.tokens_per_second
     print(
-        f"shakespeare: {result.tokens_per_second:,.0f} training tokens/s (bf16 autocast, {steps} steps) "
+        f"shakespeare: {result.tokens_per_second:,.0f} training tokens/s (bf16 autocast, {steps} steps of "
+        f"{MICRO['grad_accum']} x {MICRO['batch_size']} rows) "
         f"= {achieved / 1e12:.3f} TFLOP/s; MFU {achieved / peaks['fp32']:.0%} of the "
         f"fp32 peak ({peaks['fp32'] / 1e12:.2f}), {achieved / peaks['bf16']:.0%} of the bf16 peak "
         f"({peaks['bf16'] / 1e12:.2f} TFLOP/s)"

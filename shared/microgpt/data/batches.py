@@ -20,6 +20,10 @@ What a row is depends on the prepared mode:
   and the documents after it, with no padding except at the very end of the split.
 
 Shards are numpy memmaps, so only the rows read are paged in.
+
+`trim_padding(x, y)` drops the columns that are padding in every row: a batch of names
+(about 8 tokens in a 32-token block) then costs a third of the compute, with the same loss,
+since attention is causal and padded targets are ignored anyway.
 """
 
 from __future__ import annotations
@@ -113,3 +117,10 @@ class Batches:
             x[row, :n] = window[:-1]
             y[row, :n] = window[1:]
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def trim_padding(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) without the trailing columns whose targets are all IGNORE_INDEX (keeps >= 1)."""
+    valid = (y != IGNORE_INDEX).any(dim=0).nonzero()
+    keep = int(valid.max()) + 1 if len(valid) else 1
+    return x[:, :keep], y[:, :keep]

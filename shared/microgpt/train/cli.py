@@ -19,7 +19,9 @@ torchrun only rank 0 prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,25 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 class _Progress:
-    """Prints a line about every 10% of the run, and each evaluation."""
+    """A tqdm bar (loss, lr, tokens/s, ETA) on a terminal; a line every 10% of the run otherwise."""
 
-    def __init__(self, max_steps: int) -> None:
+    def __init__(self, max_steps: int, *, bar: bool) -> None:
+        from tqdm import tqdm
+
         self.max_steps = max_steps
         self.every = max(1, max_steps // 10)
+        self.bar = tqdm(total=max_steps, unit="step", dynamic_ncols=True) if bar else None
 
     def on_step(self, record: dict[str, Any]) -> None:
         step = record["step"]
-        if step == 1 or step % self.every == 0 or step == self.max_steps:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)  # a resumed run starts past 0
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}"
+            )
+            if step == self.max_steps:
+                self.bar.close()
+        elif step == 1 or step % self.every == 0 or step == self.max_steps:
             print(
                 f"step {step:>{len(str(self.max_steps))}} / {self.max_steps} | loss {record['loss']:.4f} "
                 f"| lr {record['lr']:.3e} | {record['tokens_per_s']:,.0f} tok/s",
@@ -49,10 +61,19 @@ class _Progress:
             )
 
     def on_eval(self, record: dict[str, Any]) -> None:
-        print(f"step {record['step']} | val loss {record['val_loss']:.4f}", flush=True)
+        val, best = record["val_loss"], record["best_val_loss"]
+        line = f"step {record['step']} | val loss {val:.4f} (best {best:.4f})"
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         pass
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _is_main() -> bool:
@@ -107,7 +128,8 @@ def _run(args: argparse.Namespace, preset: Any, out: Path, overrides: dict[str, 
     from microgpt.train.loop import train
     from microgpt.train.signals import stop_on_signals
 
-    with stop_on_signals() as stop:
+    progress = _Progress(preset.train.max_steps, bar=sys.stderr.isatty() and _is_main())
+    with stop_on_signals() as stop, contextlib.closing(progress):
         result = train(
             preset,
             out_dir=out,
@@ -116,20 +138,26 @@ def _run(args: argparse.Namespace, preset: Any, out: Path, overrides: dict[str, 
             model_overrides=overrides["model"] if "init_from" in extra else None,
             checkpoint_interval=args.checkpoint_interval,
             resume=args.resume,
-            callbacks=[_Progress(preset.train.max_steps)],
+            callbacks=[progress],
             stop_flag=stop,
             device=args.device,
+            threads=args.threads,
             **extra,
         )
     if not _is_main():
         return
     if result.adapters is not None:
         print(f"adapters: {result.adapters} (the checkpoint holds them merged)")
-    if result.stopped:
+    if result.early_stopped:
+        patience = preset.train.early_stopping_patience
+        print(f"early stop at step {result.step}: no better val loss in {patience} evaluations")
+    elif result.stopped:
         print(f"stopped at step {result.step}; continue with --resume --out {out}")
     else:
         val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
         print(f"done: {result.step} steps in {result.wall_seconds:.1f}s, final val loss {val}")
+    if result.best is not None:
+        print(f"best: val loss {result.best_val_loss:.4f} at step {result.best_step} in {result.best}")
     print(f"checkpoint: {result.checkpoint}; try: microgpt sample {result.checkpoint}")
 
 
@@ -171,4 +199,5 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="steps between checkpoints (default: eval interval)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda, else mps, else cpu)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for small models)")
