@@ -42,7 +42,15 @@ def up_commands(host: str) -> list[list[str]]:
     return [*serves, [*me, "worker"]]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_up(args: argparse.Namespace) -> None:
+    # SIGTERM (a supervisor, `kill`) and SIGINT (Ctrl-C, even when started in the background,
+    # where the shell ignores it) both stop the children before `up` exits.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     children = [subprocess.Popen(cmd, env=os.environ.copy()) for cmd in up_commands(args.host)]
     for name in UP_ORDER:
         print(f"{name}: http://{args.host}:{SERVICES[name]}", flush=True)
