@@ -1,4 +1,5 @@
-"""Fixtures shared across test files: the read-only public data sets beside the repository."""
+"""Fixtures shared across test files: the read-only public data sets beside the repository, and the
+PostgreSQL and Redis servers that .ci/run provides."""
 
 from __future__ import annotations
 
@@ -35,3 +36,44 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _server_url(var: str) -> str:
+    """The URL of a test server from `var` (exported by .ci/run); a skip with the reason on a
+    laptop without it, a failure in CI, where nothing may be skipped."""
+    url = os.environ.get(var)
+    if not url:
+        reason = f"{var} is not set, so there is no server to test against (.ci/run exports it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session (dropped after): its SQLAlchemy URL.
+
+    Its own database, so parallel sessions and other suites sharing the server never collide.
+    """
+    import secrets
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(_server_url("MICROGPT_TEST_DATABASE_URL"))
+    name = f"microgpt_test_{secrets.token_hex(4)}"
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis (`MICROGPT_TEST_REDIS_URL`); users keep to their own db number or prefix."""
+    return _server_url("MICROGPT_TEST_REDIS_URL")

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,31 +22,6 @@ from sqlalchemy.engine import make_url
 
 from microgpt.registry.servers import moto_s3_server
 from microgpt.settings import Settings
-
-
-def _server_url() -> str | None:
-    return os.environ.get("MICROGPT_TEST_DATABASE_URL")
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session; its SQLAlchemy URL."""
-    url = _server_url()
-    if not url:
-        reason = "MICROGPT_TEST_DATABASE_URL is unset, so there is no PostgreSQL to test against"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    parsed = make_url(url)
-    name = f"registry_test_{secrets.token_hex(4)}"
-    admin = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield parsed.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +57,7 @@ def registry_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Callabl
             "api_key": None,
         }
         if database == "postgres":
-            fields["database_url"] = _pg_schema_url(request.getfixturevalue("pg_database"))
+            fields["database_url"] = _pg_schema_url(request.getfixturevalue("postgres_database"))
         if store == "s3":
             fields |= {
                 "s3_endpoint": request.getfixturevalue("s3_endpoint"),

@@ -25,16 +25,6 @@ from trainer_platform import REPO, Platform
 from microgpt.registry.servers import child_server, free_port
 
 
-def _server_url(var: str) -> str:
-    url = os.environ.get(var)
-    if not url:
-        reason = f"{var} is not set (a server-mode trainer test needs it; .ci/run exports it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
-
-
 def _platform_env(home: Path, cache: Path, extra: dict[str, str]) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("MICROGPT_") or k.startswith("MICROGPT_TEST")
@@ -52,24 +42,6 @@ def _platform_env(home: Path, cache: Path, extra: dict[str, str]) -> dict[str, s
     return env
 
 
-@pytest.fixture(scope="session")
-def fresh_database() -> Iterator[str]:
-    """A PostgreSQL database of its own for this session, dropped after."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    base = make_url(_server_url("MICROGPT_TEST_DATABASE_URL"))
-    name = f"trainer_test_{secrets.token_hex(4)}"
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _serve(module: str, env: dict[str, str]) -> tuple[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -81,16 +53,17 @@ def _serve(module: str, env: dict[str, str]) -> tuple[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory, fresh_database: str) -> Iterator[Platform]:
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, postgres_database: str, redis_url: str
+) -> Iterator[Platform]:
     """Server mode: PostgreSQL + Redis + registry + trainer API, one session queue; workers per test."""
-    redis_url = _server_url("MICROGPT_TEST_REDIS_URL")
     root = tmp_path_factory.mktemp("trainer-platform")
     queue = f"trainer-test-{secrets.token_hex(4)}"
     env = _platform_env(
         root / "home",
         root / "cache",
         {
-            "MICROGPT_DATABASE_URL": fresh_database,
+            "MICROGPT_DATABASE_URL": postgres_database,
             "MICROGPT_BROKER_URL": redis_url,
             "MICROGPT_TRAINER_QUEUE": queue,
         },
