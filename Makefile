@@ -28,7 +28,15 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 bench: install
-	$(BIN)/microgpt bench generate
+	$(BIN)/microgpt bench train
+	$(BIN)/microgpt bench generate --backend eager native
+	$(BIN)/microgpt bench engine --preset shakespeare --precision int8 bf16 fp32
+	for p in int8 bf16 fp32; do $(BIN)/microgpt bench serve --preset shakespeare --precision $$p; done
+	$(BIN)/microgpt bench quantize --data ../shared/data/tinyshakespeare.txt
+	$(BIN)/microgpt bench registry --size-mb 200
+	$(BIN)/microgpt bench registry --size-mb 200 --store s3
+	$(BIN)/microgpt bench tokenizer
+	$(BIN)/microgpt bench prepare --size-gb 1
 
 lint: install
 	$(BIN)/ruff check shared services tests

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from microgpt.checkpoint import load_checkpoint
 
@@ -70,10 +71,8 @@ def run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def test_two_gloo_ranks_follow_the_one_process_loss_curve(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    single = run([sys.executable, "-m", "microgpt", *ARGS, "--out", str(tmp_path / "one")], cache)
-    torchrun = [
+def torchrun() -> list[str]:
+    return [
         str(Path(sys.executable).with_name("torchrun")),  # installed with torch, beside python
         "--nproc_per_node",
         "2",
@@ -84,7 +83,12 @@ def test_two_gloo_ranks_follow_the_one_process_loss_curve(tmp_path: Path) -> Non
         "-m",
         "microgpt",
     ]
-    ddp = run([*torchrun, *ARGS, "--out", str(tmp_path / "two")], cache)
+
+
+def test_two_gloo_ranks_follow_the_one_process_loss_curve(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    single = run([sys.executable, "-m", "microgpt", *ARGS, "--out", str(tmp_path / "one")], cache)
+    ddp = run([*torchrun(), *ARGS, "--out", str(tmp_path / "two")], cache)
 
     one_train, one_val = metrics(tmp_path / "one")
     two_train, two_val = metrics(tmp_path / "two")
@@ -98,3 +102,21 @@ def test_two_gloo_ranks_follow_the_one_process_loss_curve(tmp_path: Path) -> Non
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best", "checkpoint", "metrics.jsonl"]
     state = load_checkpoint(tmp_path / "two" / "checkpoint").trainer_state
     assert state["step"] == STEPS and state["losses"] == two_train
+
+
+def test_a_ddp_run_stopped_halfway_resumes_into_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Rank 0's checkpoint carries the data position, optimizer and RNG states for every rank:
+    10 steps, then a resumed run to 20, give the straight 20-step run's losses and weights.
+    (A constant lr, so that stopping by a smaller max_steps leaves the schedule unchanged.)"""
+    cache = tmp_path / "cache"
+    args = [*ARGS, "--set", "train.lr_schedule=constant"]
+    run([*torchrun(), *args, "--out", str(tmp_path / "straight")], cache)
+    halfway = args.copy()
+    halfway[args.index("--max-steps") + 1] = str(STEPS // 2)
+    run([*torchrun(), *halfway, "--out", str(tmp_path / "resumed")], cache)
+    run([*torchrun(), *args, "--out", str(tmp_path / "resumed"), "--resume"], cache)
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    assert resumed[0] == straight[0]  # train losses, bit for bit
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint").model.state_dict()
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
