@@ -34,7 +34,7 @@ from services.trainer.job_checkpoints import delete_checkpoints, download_checkp
 from services.trainer.logs import JobLogger, job_context
 from services.trainer.models import DATASET_SUFFIXES, Job
 from services.trainer.repository import TrainerRepository
-from services.trainer.schemas import EvaluateSpec, JobSpec
+from services.trainer.schemas import EvaluateSpec, ExportSpec, JobSpec
 from services.trainer.validation import lora_config
 
 Outcome = Literal["done", "requeue", "skipped", "busy"]
@@ -249,6 +249,20 @@ class JobRunner:
         ref = self._push_once(job, "final", Path(dst), metrics, lineage)
         self.repo.update_job(job.id, result={"mode": mode, "group_size": group_size, "bytes": size})
         say(f"pushed the {mode} checkpoint as {ref}")
+
+    def _run_export(self, job: Job, spec: JobSpec, work: Path, say: JobLogger, shutdown: Any) -> None:
+        from microgpt.export import export_checkpoint
+
+        assert job.base_model is not None
+        options = spec.export or ExportSpec()
+        src = self.registry.pull(job.base_model)
+        say(f"exporting {job.base_model} to {options.format}")
+        dst = export_checkpoint(Path(src), work / "exported", options.format, opset=options.opset)
+        size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
+        lineage = {"job_id": job.id, "parent": job.base_model}
+        ref = self._push_once(job, "final", dst, {"bytes": float(size)}, lineage)
+        self.repo.update_job(job.id, result={"format": options.format, "bytes": size})
+        say(f"pushed the {options.format} export as {ref}")
 
     # --- pieces -----------------------------------------------------------------------------
 

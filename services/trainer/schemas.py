@@ -32,6 +32,11 @@ class QuantizeSpec(_Strict):
     group_size: int = Field(default=32, ge=1)
 
 
+class ExportSpec(_Strict):
+    format: Literal["onnx"] = "onnx"
+    opset: int | None = Field(default=None, ge=17, le=20, description="ONNX opset; default 18")
+
+
 class EvaluateSpec(_Strict):
     split: Literal["train", "val"] = "val"
     max_batches: int | None = Field(default=None, ge=1)
@@ -54,6 +59,7 @@ class JobSpec(_Strict):
     lora: LoRASpec | None = None
     quantize: QuantizeSpec | None = None
     evaluate: EvaluateSpec | None = None
+    export: ExportSpec | None = None
 
 
 class JobPublic(BaseModel):

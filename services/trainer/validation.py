@@ -52,9 +52,7 @@ def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVers
     """Check `spec` against the zoo, the data sets and the registry; raise a 422 ApiError if invalid."""
     from microgpt.zoo import PRESETS
 
-    if spec.kind == "export":
-        raise invalid(["kind"], "export is not available yet: the library has no exporter")
-    needs_base = spec.kind in ("finetune", "evaluate", "quantize")
+    needs_base = spec.kind in ("finetune", "evaluate", "quantize", "export")
     if spec.kind == "train" and spec.base_model is not None:
         raise invalid(
             ["base_model"], "a train job starts from scratch; use kind 'finetune' to start from a model"
@@ -64,7 +62,8 @@ def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVers
     _only_for(spec, "lora", spec.lora, ("finetune",))
     _only_for(spec, "quantize", spec.quantize, ("quantize",))
     _only_for(spec, "evaluate", spec.evaluate, ("evaluate",))
-    if spec.kind in ("evaluate", "quantize"):
+    _only_for(spec, "export", spec.export, ("export",))
+    if spec.kind in ("evaluate", "quantize", "export"):
         for field, value in (("preset", spec.preset), ("model", spec.model), ("train", spec.train)):
             if value:
                 raise invalid([field], f"a {spec.kind} job does not train; drop {field}")
@@ -118,6 +117,7 @@ def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVers
                 "train": preset_name,
                 "finetune": f"{base_name}-ft",
                 "quantize": f"{base_name}-{(spec.quantize.mode if spec.quantize else 'int8')}",
+                "export": f"{base_name}-{(spec.export.format if spec.export else 'onnx')}",
             }[spec.kind]
         if not output_model or not NAME.fullmatch(output_model):
             raise invalid(

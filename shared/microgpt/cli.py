@@ -23,6 +23,7 @@ from microgpt.bench.serve import register_bench as register_serve_bench
 from microgpt.chat import register as register_chat
 from microgpt.data.cli import register as register_data
 from microgpt.evaluate import register as register_eval
+from microgpt.export import register as register_export
 from microgpt.jobs_cli import register as register_jobs
 from microgpt.registry.cli import register as register_registry
 from microgpt.registry.cli import register_bench as register_registry_bench
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_eval(commands)
     register_chat(commands)
     register_quantize(commands)
+    register_export(commands)
     register_registry(commands)
     register_serve(commands)
     register_jobs(commands)

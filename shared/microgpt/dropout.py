@@ -3,9 +3,9 @@
 torch's CPU dropout draws every mask element from one Mersenne-Twister stream; for the
 `shakespeare` preset that was a quarter of a training step (attention probabilities
 alone are B x heads x T x T elements per layer). Here a mask is a pure function of
-(seed, element index), computed in parallel and regenerated in the backward pass
-rather than stored, in one pass over the tensor. The seed is drawn from torch's generator, so a run stays a pure
-function of its seed and resumes exactly. The drop probability is rounded to a multiple
+(seed, element index), computed in parallel and vectorized, and regenerated in the
+backward pass rather than stored. The seed is drawn from torch's generator, so a run
+stays a pure function of its seed and resumes exactly. The drop probability is rounded to a multiple
 of 1/65536 (the scale uses the rounded value, so the expectation is unchanged).
 Other devices use `torch.nn.functional.dropout`, whose GPU kernels are fast already.
 """

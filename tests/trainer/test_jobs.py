@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from trainer_platform import Platform
 
+from microgpt.checkpoint import read_config
 from microgpt.registry import RegistryClient
 
 MICRO = {"kind": "train", "preset": "micro", "dataset": "names", "output_model": "names-micro"}
@@ -261,7 +262,12 @@ def test_redelivered_task_for_a_finished_job_does_nothing_and_pushes_once(worker
             "missing",
         ),
         ({"kind": "evaluate", "dataset": "names"}, ["body", "base_model"], "needs base_model"),
-        ({"kind": "export", "base_model": "x"}, ["body", "kind"], "export is not available yet"),
+        (
+            {"kind": "export", "base_model": "x", "export": {"format": "tflite"}},
+            ["body", "export", "format"],
+            "onnx",
+        ),
+        ({"kind": "train", "preset": "micro", "export": {}}, ["body", "export"], "applies to export jobs"),
         ({"kind": "train", "preset": "micro", "checkpoint_interval": 0}, ["body", "checkpoint_interval"], ""),
         (
             {"kind": "train", "preset": "micro", "output_model": "bad name"},
@@ -304,7 +310,7 @@ def test_missing_job_is_a_json_404(platform: Platform) -> None:
     assert response.status_code == 404 and response.json()["error"] == "not_found"
 
 
-def test_finetune_evaluate_and_quantize_jobs_chain_through_the_registry(workers: Platform) -> None:
+def test_finetune_evaluate_quantize_and_export_jobs_chain_through_the_registry(workers: Platform) -> None:
     workers.start_worker("chain")
     base = workers.wait_done(
         workers.submit({**MICRO, "output_model": "chain-base", "train": {"max_steps": 100}})["id"]
@@ -338,6 +344,13 @@ def test_finetune_evaluate_and_quantize_jobs_chain_through_the_registry(workers:
         quantized
     )
     assert registry.resolve("chain-base-int8/1").lineage["parent"] == "chain-base/1"
+
+    exported = workers.wait_done(workers.submit({"kind": "export", "base_model": "chain-base"})["id"])
+    assert exported["state"] == "succeeded" and exported["registry_version"] == "chain-base-onnx/1", exported
+    version = registry.resolve("chain-base-onnx/1")
+    assert version.lineage["parent"] == "chain-base/1" and version.lineage["job_id"] == exported["id"]
+    assert set(version.files) == {"config.json", "model.onnx", "tokenizer.json"}
+    assert read_config(registry.pull("chain-base-onnx/1")).metadata["export"]["format"] == "onnx"
 
 
 def test_mutating_routes_need_the_bearer_key_when_one_is_configured(platform: Platform) -> None:
