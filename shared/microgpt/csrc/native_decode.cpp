@@ -13,8 +13,8 @@
 // - every matrix is repacked once into blocks of R rows stored as R x 16 tiles, so a
 //   block is one sequential stream (prefetched ahead) that serves R outputs and all
 //   batch rows with one read;
-// - one OpenMP parallel region covers the whole step (threads meet at barriers, they
-//   are not forked per product), the MLP activation is applied inside its product's
+// - one OpenMP parallel region covers the whole step (threads meet at spinning barriers,
+//   they are not forked per product), the MLP activation is applied inside its product's
 //   loop, and nothing returns to Python between layers.
 // Built at first use by microgpt/native.py with the machine's own instruction set.
 #include <torch/extension.h>
@@ -23,7 +23,10 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -38,6 +41,27 @@ constexpr int64_t R = 8;                // output rows per block
 constexpr int64_t W16 = 16;             // columns per tile (one AVX-512 register of fp32)
 constexpr int64_t W64 = 64;             // columns per int8 tile (one AVX-512 register of bytes)
 constexpr int64_t PREFETCH_BYTES = 2048;  // how far ahead a block's stream is prefetched
+
+// The step's threads meet at this barrier, not at OpenMP's: libgomp's barriers sleep in futexes
+// (tens of microseconds a wake-up) as soon as the process holds more OpenMP threads than cores,
+// which a serving process does (every thread that ran a parallel torch op keeps its own pool).
+// A waiter spins briefly, then yields its core, so other threads (the server's) still run.
+struct SpinBarrier {
+  std::atomic<int> threads{0}, arrived{0}, phase{0};
+
+  void wait() {
+    const int p = phase.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == threads.load(std::memory_order_relaxed)) {
+      arrived.store(0, std::memory_order_relaxed);
+      phase.store(p + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; phase.load(std::memory_order_acquire) == p; spins++) {
+      if (spins < 4000) _mm_pause();
+      else sched_yield();
+    }
+  }
+};
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -229,7 +253,7 @@ template <typename Post>
 void matvec_q(const Packed& W, const float* bias, const SplitInput& in, float* out, int64_t out_stride, int64_t B,
               bool accumulate, const Packed* up, const float* up_bias, Post post) {
   float acc[R], acc_up[R];
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t blk = 0; blk < (W.n + R - 1) / R; blk++) {
     const int64_t n0 = blk * R, rows = std::min(R, W.n - n0);
     for (int64_t b = 0; b < B; b++) {
@@ -255,7 +279,7 @@ void matvec(const Packed& W, const float* bias, const float* x, int64_t x_stride
   const T* up_data = up ? reinterpret_cast<const T*>(up->data.data_ptr()) : nullptr;
   const int64_t block_size = W.chunks * R * W16;
   float acc[R], acc_up[R];
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t blk = 0; blk < (W.n + R - 1) / R; blk++) {
     const int64_t n0 = blk * R, rows = std::min(R, W.n - n0);
     for (int64_t b = 0; b < B; b++) {
@@ -395,10 +419,12 @@ class NativeModel {
       return kind == SWIGLU ? v / (1.f + fast_exp(-v)) * up : activate(v, kind);
     };
 
+    SpinBarrier sync;
 #pragma omp parallel num_threads(at::get_num_threads())
     {
+      sync.threads.store(omp_get_num_threads(), std::memory_order_relaxed);  // before this thread's first wait
       std::vector<float> scores;
-#pragma omp single
+#pragma omp masked
       for (int64_t b = 0; b < B; b++) {  // token (+ learned position) embedding
         const T* pe = wpe_.numel() ? reinterpret_cast<const T*>(wpe_.data_ptr()) + pos[b] * C : nullptr;
         if (wte_scales_.defined()) {
@@ -411,18 +437,20 @@ class NativeModel {
         }
         if (embed_norm_) norm(&x[b * C], &x[b * C], C, norm_, eps_, f32_or_null(embed_gain_), f32_or_null(embed_bias_));
       }
+      sync.wait();
       for (int64_t l = 0; l < n_layer_; l++) {
         const Layer& w = layers_[l];
         T* kc = reinterpret_cast<T*>(k_cache[l].data_ptr());  // (B, n_kv_head, L, hs)
         T* vc = reinterpret_cast<T*>(v_cache[l].data_ptr());
         const int64_t L = k_cache[l].size(2);
-#pragma omp single
+#pragma omp masked
         for (int64_t b = 0; b < B; b++) {
           norm(&x[b * C], &h[b * c_pad], C, norm_, eps_, f32_or_null(w.attn_gain), f32_or_null(w.attn_bias));
         }
-        product<T>(split, w.qkv, f32_or_null(w.qkv_bias), h.data(), c_pad, qkv.data(), qkv_width, B, false, nullptr, nullptr,
-                  identity);
-#pragma omp single
+        sync.wait();
+        product<T>(sync, split, w.qkv, f32_or_null(w.qkv_bias), h.data(), c_pad, qkv.data(), qkv_width, B, false,
+                   nullptr, nullptr, identity);
+#pragma omp masked
         for (int64_t b = 0; b < B; b++) {  // q/k norm, rotary, then store k and v at this row's position
           float* q = &qkv[b * qkv_width];
           float* k = q + q_width;
@@ -444,7 +472,8 @@ class NativeModel {
             }
           }
         }
-#pragma omp for schedule(static)
+        sync.wait();
+#pragma omp for schedule(static) nowait
         for (int64_t bh = 0; bh < B * n_head_; bh++) {  // softmax attention of one head over positions 0..pos
           const int64_t b = bh / n_head_, hd = bh % n_head_, g = hd / groups, n = pos[b] + 1;
           const float* q = &qkv[b * qkv_width + hd * hs];
@@ -472,45 +501,52 @@ class NativeModel {
             for (int64_t i = 0; i < hs; i++) out[i] += p * widen(vals[t * hs + i]);
           }
         }
-        product<T>(split, w.proj, f32_or_null(w.proj_bias), att.data(), q_pad, x.data(), C, B, true, nullptr, nullptr,
-                  identity);
-#pragma omp single
+        sync.wait();
+        product<T>(sync, split, w.proj, f32_or_null(w.proj_bias), att.data(), q_pad, x.data(), C, B, true, nullptr,
+                   nullptr, identity);
+#pragma omp masked
         for (int64_t b = 0; b < B; b++) {
           norm(&x[b * C], &h[b * c_pad], C, norm_, eps_, f32_or_null(w.mlp_gain), f32_or_null(w.mlp_bias));
         }
+        sync.wait();
         const bool glu = mlp_ == SWIGLU;
-        product<T>(split, w.fc, f32_or_null(w.fc_bias), h.data(), c_pad, act.data(), h_pad, B, false, glu ? &w.up : nullptr,
-                  glu ? f32_or_null(w.up_bias) : nullptr, activation);
-        product<T>(split, w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), h_pad, x.data(), C, B, true, nullptr,
-                  nullptr, identity);
+        product<T>(sync, split, w.fc, f32_or_null(w.fc_bias), h.data(), c_pad, act.data(), h_pad, B, false,
+                   glu ? &w.up : nullptr, glu ? f32_or_null(w.up_bias) : nullptr, activation);
+        product<T>(sync, split, w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), h_pad, x.data(), C, B, true,
+                   nullptr, nullptr, identity);
       }
-#pragma omp single
+#pragma omp masked
       for (int64_t b = 0; b < B; b++) {
         float* xb = &x[b * C];
         if (final_norm_) norm(xb, &h[b * c_pad], C, norm_, eps_, f32_or_null(final_gain_), f32_or_null(final_bias_));
         else std::copy(xb, xb + C, &h[b * c_pad]);
       }
-      product<T>(split, lm_head_, nullptr, h.data(), c_pad, logits.data_ptr<float>(), vocab_, B, false, nullptr, nullptr,
-                identity);
+      sync.wait();
+      product<T>(sync, split, lm_head_, nullptr, h.data(), c_pad, logits.data_ptr<float>(), vocab_, B, false, nullptr,
+                 nullptr, identity);
     }
     return logits;
   }
 
-  // W . x for fp32/bf16 W (`matvec`), or for int8 W: split the inputs into bytes, then `matvec_q`.
+  // W . x for fp32/bf16 W (`matvec`), or for int8 W: split the inputs into bytes, then `matvec_q`;
+  // the threads meet at `sync` once the output is complete.
   template <typename T, typename Post>
-  static void product(SplitInput& split, const Packed& W, const float* bias, const float* x, int64_t x_stride,
-                      float* out, int64_t out_stride, int64_t B, bool accumulate, const Packed* up,
+  static void product(SpinBarrier& sync, SplitInput& split, const Packed& W, const float* bias, const float* x,
+                      int64_t x_stride, float* out, int64_t out_stride, int64_t B, bool accumulate, const Packed* up,
                       const float* up_bias, Post post) {
     if (!W.int8()) {
       matvec<T>(W, bias, x, x_stride, out, out_stride, B, accumulate, up, up_bias, post);
+      sync.wait();
       return;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t b = 0; b < B; b++) {
       split.scale[b] = split_bytes(x + b * x_stride, W.k, W.chunks * W64, &split.hi[b * split.stride],
                                    &split.lo[b * split.stride]);
     }
+    sync.wait();
     matvec_q(W, bias, split, out, out_stride, B, accumulate, up, up_bias, post);
+    sync.wait();
   }
 
   std::vector<Layer> layers_;

@@ -109,6 +109,7 @@ class RequestHandle:
         self._events: deque[TokenEvent] = deque()
         self._cond = threading.Condition()
         self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._woken = False  # a wake-up is on its way to the async readers: no need for another
         self._error: BaseException | None = None
 
     @property
@@ -157,6 +158,7 @@ class RequestHandle:
                     self._events.clear()
                     if not batch:
                         wake.clear()  # under the lock: a later event sets it again
+                        self._woken = False
                 for event in batch:
                     yield event
                     if event.finish_reason is not None:
@@ -193,6 +195,11 @@ class RequestHandle:
             self._wake()
 
     def _wake(self) -> None:
+        # One wake-up per time the reader drains the events, not one per token: each costs the
+        # event loop a self-pipe write and a turn.
+        if self._woken:
+            return
+        self._woken = bool(self._wakers)
         for loop, wake in self._wakers:
             with contextlib.suppress(RuntimeError):  # that event loop is closed; its reader is gone
                 loop.call_soon_threadsafe(wake.set)
@@ -249,6 +256,8 @@ class BatchEngine:
         self._decode_step = make_decode_step(model, self.backend)
         self.cache = KVCache(self.config, max_batch, device=self.device, dtype=self.dtype)
         self._rows: list[_Row] = []
+        self._view: KVCache | None = None  # `_rows_view` of the active rows, kept while their count holds
+        self._live = torch.ones(0, dtype=torch.long)
         self._queue: deque[RequestHandle] = deque()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -409,10 +418,13 @@ class BatchEngine:
     def _decode(self) -> None:
         """One decode step for every active row that has not finished."""
         n = len(self._rows)
-        view = self._rows_view(0, n)
+        if self._view is None or self._view.batch_size != n:  # rebuilt only when the batch resizes
+            self._view = self._rows_view(0, n)
+            self._live = torch.ones(n, dtype=torch.long, device=self.device)
+        view = self._view
         idx = torch.tensor([r.next_token for r in self._rows], device=self.device)[:, None]
         view.fit_window(max(r.length for r in self._rows) + 1)
-        logits = self._decode_step(idx, view, torch.ones(n, dtype=torch.long, device=self.device))
+        logits = self._decode_step(idx, view, self._live)
         for r in self._rows:
             r.length += 1
         self._steps += 1
