@@ -11,10 +11,12 @@ shape `app.py` documents.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -28,11 +30,9 @@ from services.inference.model_pool import LoadedModel, ModelPool
 from services.inference.schemas import (
     AssistantMessage,
     ChatChoice,
-    ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatDelta,
     ChatLogprobs,
     Completion,
     CompletionChoice,
@@ -88,6 +88,26 @@ def chat_logprobs(tokenizer: Tokenizer, tokens: Sequence[TokenInfo]) -> ChatLogp
         for t in tokens
     ]
     return ChatLogprobs(content=content)
+
+
+class ChunkFormat:
+    """Streamed chunks as `data: <json>` lines, without a pydantic model per chunk.
+
+    Only the choice changes from chunk to chunk, so the rest is rendered once; the output is
+    what `Completion` / `ChatCompletionChunk.model_dump_json()` give (usage null until the
+    last chunk), at a fraction of the cost per token.
+    """
+
+    def __init__(self, rid: str, obj: str, created: int, model_id: str) -> None:
+        head = json.dumps({"id": rid, "object": obj, "created": created, "model": model_id}, **_COMPACT)
+        self.head = f'data: {head[:-1]},"choices":['
+        self.tail = '],"usage":null,"system_fingerprint":null}\n\n'
+
+    def __call__(self, choice: dict[str, Any]) -> str:
+        return self.head + json.dumps(choice, **_COMPACT) + self.tail
+
+
+_COMPACT: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
 
 
 async def _stream(
@@ -187,22 +207,23 @@ async def _completion_chunks(
     include_usage: bool,
 ) -> AsyncIterator[str]:
     offsets = [len(echoes[i // body.n]) for i in range(len(generations))]
-    extra = {"usage": None} if include_usage else {}
+    chunk = ChunkFormat(rid, "text_completion", created, model.id)
     for index in range(len(generations)):
         if echoes[index // body.n]:
-            choice = CompletionChoice(index=index, text=echoes[index // body.n])
-            yield sse(Completion(id=rid, created=created, model=model.id, choices=[choice], **extra))
+            yield chunk(
+                {"index": index, "text": echoes[index // body.n], "logprobs": None, "finish_reason": None}
+            )
     async for index, delta in merge(generations):
         lp = None
         if body.logprobs is not None:
-            lp = completion_logprobs(model.tokenizer, delta.tokens, offsets[index])
-            offsets[index] += sum(len(t) for t in lp.tokens)
+            logprobs = completion_logprobs(model.tokenizer, delta.tokens, offsets[index])
+            offsets[index] += sum(len(t) for t in logprobs.tokens)
+            lp = logprobs.model_dump()
         elif not delta.text and delta.finish_reason is None:
             continue
-        choice = CompletionChoice(
-            index=index, text=delta.text, logprobs=lp, finish_reason=finish(delta.finish_reason)
+        yield chunk(
+            {"index": index, "text": delta.text, "logprobs": lp, "finish_reason": finish(delta.finish_reason)}
         )
-        yield sse(Completion(id=rid, created=created, model=model.id, choices=[choice], **extra))
     if include_usage:
         yield sse(
             Completion(id=rid, created=created, model=model.id, choices=[], usage=usage(generations, body.n))
@@ -268,21 +289,21 @@ async def _chat_chunks(
     logprobs: bool,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    extra = {"usage": None} if include_usage else {}
+    chunk = ChunkFormat(rid, "chat.completion.chunk", created, model.id)
 
-    def chunk(choice: ChatChunkChoice) -> str:
-        return sse(ChatCompletionChunk(id=rid, created=created, model=model.id, choices=[choice], **extra))
+    def choice(
+        index: int, delta: dict[str, Any], lp: dict[str, Any] | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
 
     for index in range(len(generations)):
-        yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")))
+        yield chunk(choice(index, {"role": "assistant", "content": ""}))
     async for index, delta in merge(generations):
         if delta.text or (logprobs and delta.tokens):
-            lp = chat_logprobs(model.tokenizer, delta.tokens) if logprobs else None
-            yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text), logprobs=lp))
+            lp = chat_logprobs(model.tokenizer, delta.tokens).model_dump() if logprobs else None
+            yield chunk(choice(index, {"role": None, "content": delta.text}, lp))
         if delta.finish_reason is not None:
-            yield chunk(
-                ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish(delta.finish_reason))
-            )
+            yield chunk(choice(index, {"role": None, "content": None}, reason=finish(delta.finish_reason)))
     if include_usage:
         yield sse(
             ChatCompletionChunk(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
+from microgpt.serving.engine import BatchEngine
 
 TINY, SLOW = "tiny@production", "slow@production"
 pytestmark = pytest.mark.usefixtures("one_thread_session")
@@ -58,8 +61,28 @@ def test_several_turns_over_one_socket(base: str) -> None:
         assert events_until_done(ws)[-1]["usage"]["completion_tokens"] <= 5
 
 
-def test_cancel_ends_the_answer_and_the_socket_goes_on(base: str) -> None:
+def hold_decoding_until_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines decode no step while a running request is not cancelled (for at most 30 s).
+
+    The app runs in this process, so this makes "cancel arrives before the answer ends"
+    certain, however fast decoding gets.
+    """
+    decode = BatchEngine._decode
+
+    def held(engine: BatchEngine) -> None:
+        deadline = time.monotonic() + 30
+        while not all(r.handle.cancelled for r in engine._rows) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        decode(engine)
+
+    monkeypatch.setattr(BatchEngine, "_decode", held)
+
+
+def test_cancel_ends_the_answer_and_the_socket_goes_on(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with connect(ws_url(base)) as ws:
+        ws.send(json.dumps({"model": SLOW, "prompt": "a", "params": {"max_tokens": 1}}))  # loaded and warm
+        assert events_until_done(ws)[-1]["type"] == "done"
+        hold_decoding_until_cancelled(monkeypatch)
         ws.send(json.dumps({"model": SLOW, "id": "long", "prompt": "a", "params": {"max_tokens": 1000}}))
         assert json.loads(ws.recv(timeout=60))["type"] == "start"
         ws.send(json.dumps({"model": SLOW, "prompt": "b"}))  # one answer at a time
@@ -71,6 +94,7 @@ def test_cancel_ends_the_answer_and_the_socket_goes_on(base: str) -> None:
         assert busy["error"] == "busy"
         ws.send(json.dumps({"type": "cancel"}))
         rest = events_until_done(ws)
+        monkeypatch.undo()
         assert rest[-1]["type"] == "done" and rest[-1]["finish_reason"] == "cancelled"
         assert rest[-1]["usage"]["completion_tokens"] < 1000
         ws.send(json.dumps({"type": "cancel"}))  # nothing to cancel now

@@ -95,6 +95,20 @@ def test_asyncio_iteration_matches_threads(engine: BatchEngine) -> None:
     assert asyncio.run(read_all()) == expected
 
 
+def test_batches_hold_the_same_events_and_end_with_the_finish(engine: BatchEngine) -> None:
+    expected = list(engine.submit(PROMPTS[0], GREEDY))
+
+    async def read(interval: float) -> list[list[TokenEvent]]:
+        handle = engine.submit(PROMPTS[0], GREEDY)
+        await asyncio.sleep(0.05)  # let events queue up: the first list takes all of them
+        return [batch async for batch in handle.batches(interval)]
+
+    for interval in (0.0, 0.01):
+        batches = asyncio.run(read(interval))
+        assert [e for batch in batches for e in batch] == expected
+        assert batches[-1][-1].finish_reason is not None and all(batches)
+
+
 def test_stop_token_ends_a_request_unemitted(engine: BatchEngine) -> None:
     full = tokens(list(engine.submit([1, 2, 3], GREEDY)))
     stop_id = full[5]
