@@ -276,6 +276,24 @@ def _seal(path: Path) -> str:
     return h.hexdigest()
 
 
+def seal_derived(directory: Path, source: Checkpoint, metadata: Mapping[str, Any]) -> None:
+    """Write `directory/config.json` for files derived from `source` (a quantized or exported
+    copy): the source's model config and preset, the sha256 of every file now in `directory`,
+    and the source's metadata updated with `metadata`. Files are fsynced as they are hashed."""
+    files = {p.name: _seal(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CONFIG_FILE}
+    manifest = CheckpointConfig(
+        format_version=FORMAT_VERSION,
+        model=source.config,
+        preset=source.preset,
+        microgpt_version=__version__,
+        files=files,
+        metadata={**source.metadata, **metadata},
+    )
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+    (directory / CONFIG_FILE).write_text(text, encoding="utf-8")
+    _seal(directory / CONFIG_FILE)
+
+
 def _check_replaceable(target: Path) -> None:
     """Only a checkpoint (or an empty directory) may be replaced: never delete other data."""
     if not target.exists() and not target.is_symlink():

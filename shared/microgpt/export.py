@@ -21,7 +21,6 @@ against the eager model in onnxruntime.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import warnings
 from pathlib import Path
@@ -62,18 +61,14 @@ def export_onnx(
     """Write the ONNX export of the float checkpoint `src` to the directory `dst` (atomically)."""
     import torch
 
-    from microgpt import __version__
     from microgpt.atomic import atomic_directory
     from microgpt.checkpoint import (
-        CONFIG_FILE,
-        FORMAT_VERSION,
         MODEL_FILE,
         TOKENIZER_FILE,
-        CheckpointConfig,
         _check_replaceable,
-        _seal,
         load_checkpoint,
         read_config,
+        seal_derived,
     )
 
     src, dst = Path(src), Path(dst)
@@ -115,19 +110,8 @@ def export_onnx(
             )
         if ckpt.tokenizer is not None:
             (tmp / TOKENIZER_FILE).write_bytes((src / TOKENIZER_FILE).read_bytes())
-        # Every file the exporter wrote (a model over 2 GB adds external weight files).
-        files = {p.name: _seal(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = CheckpointConfig(
-            format_version=FORMAT_VERSION,
-            model=ckpt.config,
-            preset=ckpt.preset,
-            microgpt_version=__version__,
-            files=files,
-            metadata={**ckpt.metadata, "export": metadata},
-        )
-        text = json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
-        (tmp / CONFIG_FILE).write_text(text, encoding="utf-8")
-        _seal(tmp / CONFIG_FILE)
+        # Every file the exporter wrote (a model over 2 GB adds external weight files) is sealed.
+        seal_derived(tmp, ckpt, {"export": metadata})
     return dst
 
 

@@ -45,21 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microgpt import __version__
 from microgpt.atomic import atomic_directory
 from microgpt.checkpoint import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
     MODEL_FILE,
     TOKENIZER_FILE,
     CheckpointConfig,
     CheckpointError,
     _check_replaceable,
-    _seal,
     _verified,
     _weights_to_save,
     load_checkpoint,
     read_config,
+    seal_derived,
 )
 from microgpt.config import GPTConfig
 from microgpt.model import GPT
@@ -367,21 +364,9 @@ def quantize_checkpoint(
     quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None, "weights": name}
     with atomic_directory(dst) as tmp:
         safetensors.torch.save_file(tensors, tmp / name, metadata={"format": "pt"})
-        files = {name: _seal(tmp / name)}
         if ckpt.tokenizer is not None:
             (tmp / TOKENIZER_FILE).write_bytes((src / TOKENIZER_FILE).read_bytes())
-            files[TOKENIZER_FILE] = _seal(tmp / TOKENIZER_FILE)
-        manifest = CheckpointConfig(
-            format_version=FORMAT_VERSION,
-            model=ckpt.config,
-            preset=ckpt.preset,
-            microgpt_version=__version__,
-            files=files,
-            metadata={**ckpt.metadata, "quantization": quantization},
-        )
-        text = json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
-        (tmp / CONFIG_FILE).write_text(text, encoding="utf-8")
-        _seal(tmp / CONFIG_FILE)
+        seal_derived(tmp, ckpt, {"quantization": quantization})
     return dst
 
 
