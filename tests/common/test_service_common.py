@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import prometheus_client
@@ -93,13 +92,8 @@ def test_sqlite_engine_pragmas_and_wait(tmp_path: Path) -> None:
         wait_for_database(unreachable, timeout_s=0.5)
 
 
-def test_postgres_engine() -> None:
-    if not os.environ.get("MICROGPT_TEST_DATABASE_URL"):
-        reason = "MICROGPT_TEST_DATABASE_URL is unset, so there is no PostgreSQL to test against"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    engine = create_db_engine(os.environ["MICROGPT_TEST_DATABASE_URL"])
+def test_postgres_engine(postgres_database: str) -> None:
+    engine = create_db_engine(postgres_database)
     wait_for_database(engine, timeout_s=10)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
