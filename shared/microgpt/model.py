@@ -99,11 +99,12 @@ class Attention(nn.Module):
             assert positions is not None
             k, v = cache.write(layer, k, v, positions)  # (B, nkv, L, hs)
             mask = cache.attention_mask(positions)  # (B, 1, T, L)
-        cpu_dropout = self.training and x.device.type == "cpu"
-        if need_weights or cpu_dropout or (cache is not None and T == 1):
+        cpu_training = self.training and x.device.type == "cpu"
+        if need_weights or cpu_training or (cache is not None and T == 1):
             # Decoding one token: plain math that torch.compile fuses into a single
             # loop, cheaper than a flash kernel for one query over a short cache.
-            # Dropout on the CPU: SDPA would take its math path anyway, with slow masks.
+            # Training on the CPU: SDPA's flash kernel has no dropout (it would take its
+            # math path, with slow masks), and without dropout it measured no faster.
             y, probs = self._explicit_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
