@@ -2,11 +2,14 @@
 
 A drop-in for `microgpt.generate.decode_step` on CPU: same arguments (token ids
 (B, 1), a `KVCache`, the live rows), same result (next-token logits (B, V)), but
-one C++ call per token instead of dozens of PyTorch ops, with matrix-vector
-products that stream the fp32, bf16 or int8 weights at memory bandwidth.
-Activations and accumulation are fp32, so a bf16 model decodes as its bf16 weights
-would in fp32 arithmetic; an int8 model (`microgpt.quantize`, fp32 KV cache) as its
-dequantized weights would, to ~1e-5 (inputs of int8 products are 16-bit fixed point).
+one C++ call per token instead of dozens of PyTorch ops. One product kernel serves
+a single stream (streaming the fp32, bf16 or int8 weights at memory bandwidth) and a
+batch (each weight loaded once for up to four rows, on the CPU's bf16 and int8
+dot-product instructions). Accumulation is fp32: an fp32 model decodes as PyTorch
+does, to ~1e-5; a bf16 model as torch's bf16 linear layers do (inputs rounded to
+bf16); an int8 model (`microgpt.quantize`, fp32 KV cache) as its dequantized weights
+would, to ~1e-5 (inputs of int8 products are 16-bit fixed point). A row's logits
+never depend on the other rows of its batch.
 
 The extension is compiled by `torch.utils.cpp_extension` (a C++ compiler and
 ninja are needed; the build is cached per machine, about 20 s the first time).
@@ -33,11 +36,15 @@ MLPS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "relu2": 3, "swiglu": 4}
 
 @functools.cache
 def extension() -> ModuleType:
-    """Compile (once per machine, then cached) and import the C++ extension."""
+    """Compile (once per machine, then cached) and import the C++ extension.
+
+    Without trapping math and errno, GCC vectorises the step's floor, rounding and
+    polynomial exp/erf loops; the step never reads floating-point flags or errno.
+    """
     return load(
         name="microgpt_native_decode",
         sources=[SOURCE],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"],
         extra_ldflags=["-fopenmp"],
     )
 
@@ -110,10 +117,13 @@ class NativeDecodeStep:
             raise ValueError("the native step runs a model whose matrices are all int8 or all float")
         self._native = extension().NativeModel(layers, globals_, scales, shape, cfg.norm_eps)
 
-    def __call__(self, idx: torch.Tensor, cache: KVCache, live: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, idx: torch.Tensor, cache: KVCache, live: torch.Tensor, threads: int | None = None
+    ) -> torch.Tensor:
+        """`threads`: the step's OpenMP team (default: torch's intra-op thread count)."""
         if cache.k[0].dtype != self.dtype:
             raise ValueError(f"the KV cache is {cache.k[0].dtype} but the weights are {self.dtype}")
-        logits = self._native.step(idx.reshape(-1), cache.lengths, cache.k, cache.v)
+        logits = self._native.step(idx.reshape(-1), cache.lengths, cache.k, cache.v, threads or 0)
         cache.advance(live)
         return logits
 

@@ -1,21 +1,21 @@
 // The native CPU decode step: one C++ call feeds one token to every row of a batch.
 //
-// Decoding is memory-bound: each token reads every weight once, so the design is about
-// streaming weights at memory bandwidth and paying nothing else per token:
-// - weights keep the model's dtype (fp32 or bf16) and are widened to fp32 in registers;
-//   activations and accumulation are fp32;
-// - int8 weights (per-output-channel fp32 scales, microgpt/quantize.py) stream half the bytes
-//   of bf16. Their products run on integer dot-product instructions (AVX-512 VNNI): each input
-//   vector is turned into 16-bit fixed point (one scale per vector, error <= 2^-16 of its
-//   largest entry) split into a high and a low byte, so one product is two `vpdpbusd` per 64
-//   weights instead of eight widen-and-FMA steps, and the result is what fp32 arithmetic on the
-//   int8 weights gives to ~1e-5;
-// - every matrix is repacked once into blocks of R rows stored as R x 16 tiles, so a
-//   block is one sequential stream (prefetched ahead) that serves R outputs and all
-//   batch rows with one read;
+// A single stream is memory-bound: each token reads every weight once. A batch of streams is
+// compute-bound: each weight serves every row. The design serves both with one product kernel:
+// - every matrix is repacked once into panels of 16 outputs, each one sequential stream of
+//   64-byte lines (16 outputs x 1 fp32, 2 bf16 or 4 int8 k-values), and a tile multiplies up to
+//   4 panels by up to 4 batch rows in registers, so each line is loaded once for all its rows
+//   and the panels' weights stay in cache while the rest of the batch runs through them;
+// - fp32 weights: fp32 FMAs. bf16 weights: `vdpbf16ps` on inputs rounded to bf16 (what torch's
+//   bf16 linear does), fp32 accumulation. int8 weights (per-output-channel fp32 scales,
+//   microgpt/quantize.py) stream half the bytes of bf16: each input is turned into 16-bit
+//   fixed point (one scale per vector, error <= 2^-16 of its largest entry) split into a high
+//   and a low byte, so a product is exact integer arithmetic on `vpdpbusd` (two per 64
+//   weights) and equals what fp32 arithmetic on the int8 weights gives to ~1e-5;
+// - a row's result never depends on the other rows of its batch (batched == single, bit for bit);
 // - one OpenMP parallel region covers the whole step (threads meet at spinning barriers,
-//   they are not forked per product), the MLP activation is applied inside its product's
-//   loop, and nothing returns to Python between layers.
+//   they are not forked per product), the MLP activation is applied as products are stored,
+//   and nothing returns to Python between layers.
 // Built at first use by microgpt/native.py with the machine's own instruction set.
 #include <torch/extension.h>
 
@@ -36,11 +36,6 @@ namespace {
 
 enum NormKind { LAYERNORM = 0, RMSNORM = 1 };
 enum MlpKind { GELU = 0, GELU_TANH = 1, RELU = 2, RELU2 = 3, SWIGLU = 4 };
-
-constexpr int64_t R = 8;                // output rows per block
-constexpr int64_t W16 = 16;             // columns per tile (one AVX-512 register of fp32)
-constexpr int64_t W64 = 64;             // columns per int8 tile (one AVX-512 register of bytes)
-constexpr int64_t PREFETCH_BYTES = 2048;  // how far ahead a block's stream is prefetched
 
 // The step's threads meet at this barrier, not at OpenMP's: libgomp's barriers sleep in futexes
 // (tens of microseconds a wake-up) as soon as the process holds more OpenMP threads than cores,
@@ -101,35 +96,70 @@ inline float fast_erf(float x) {
   return std::copysign(y, x);
 }
 
-inline float activate(float v, int64_t kind) {
+constexpr int64_t NO_ACTIVATION = -1;
+
+// The MLP activation of n values in place (SwiGLU: silu(gate) * up), one vectorised loop per kind.
+void activate(float* v, const float* up, int64_t n, int64_t kind) {
   switch (kind) {
-    case GELU: return 0.5f * v * (1.f + fast_erf(v * float(M_SQRT1_2)));
-    case GELU_TANH: {  // 0.5 v (1 + tanh(u)) = v * sigmoid(2u)
-      const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-      return v / (1.f + fast_exp(-2.f * u));
-    }
-    case RELU: return v > 0.f ? v : 0.f;
-    default: return v > 0.f ? v * v : 0.f;  // RELU2
+    case GELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) v[i] = 0.5f * v[i] * (1.f + fast_erf(v[i] * float(M_SQRT1_2)));
+      return;
+    case GELU_TANH:  // 0.5 v (1 + tanh(u)) = v * sigmoid(2u)
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) {
+        const float u = 0.7978845608028654f * (v[i] + 0.044715f * v[i] * v[i] * v[i]);
+        v[i] = v[i] / (1.f + fast_exp(-2.f * u));
+      }
+      return;
+    case RELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] > 0.f ? v[i] : 0.f;
+      return;
+    case RELU2:
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] > 0.f ? v[i] * v[i] : 0.f;
+      return;
+    case SWIGLU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] / (1.f + fast_exp(-v[i])) * up[i];
+      return;
+    default: return;  // NO_ACTIVATION
   }
 }
 
-// A (n, k) matrix in the kernel's layout: (n/R, k/W, R, W), zero-padded to whole tiles, with
-// W = 16 for fp32/bf16 and 64 for int8. An int8 matrix also keeps its per-row scales and the
-// sums of its rows (the correction for the offset of the high input byte), padded to n/R*R.
+// How a matrix stores its weights; the product kernel reads each kind its own way.
+enum WeightKind { F32 = 0, BF16 = 1, I8 = 2 };
+
+constexpr int64_t LANES = 16;  // outputs per panel: one AVX-512 register of fp32
+constexpr int NB_MAX = 4;      // panels per tile
+
+// k values per 32-bit input word, and per lane of a packed 64-byte line.
+constexpr int64_t per_word(WeightKind kind) { return kind == F32 ? 1 : kind == BF16 ? 2 : 4; }
+// Batch rows per tile: as many as the registers hold (int8 keeps two accumulators per output).
+constexpr int mb_max(WeightKind kind) { return kind == I8 ? 2 : 4; }
+
+// A (n, k) matrix in the kernel's layout: panels of 16 outputs, each one sequential stream of
+// 64-byte lines, line s holding the k values [s * P, (s + 1) * P) of its 16 outputs
+// (P = per_word): (n/16, k/P, 16, P), zero-padded. An int8 matrix also keeps its per-row
+// scales and the sums of its rows (the correction for the offset of the high input byte).
 struct Packed {
   torch::Tensor data, scales, row_sums;
-  int64_t n = 0, k = 0, chunks = 0;
+  WeightKind kind = F32;
+  int64_t n = 0, k = 0, panels = 0, steps = 0;
 
   static Packed from(const torch::Tensor& w, const torch::Tensor& scales) {
-    const bool int8 = w.scalar_type() == torch::kChar;
-    TORCH_CHECK(int8 == scales.defined(), "int8 matrices, and only they, come with scales");
-    const int64_t width = int8 ? W64 : W16;
-    const int64_t n = w.size(0), k = w.size(1), np = round_up(n, R), kp = round_up(k, width);
+    const WeightKind kind = w.scalar_type() == torch::kChar       ? I8
+                            : w.scalar_type() == torch::kBFloat16 ? BF16
+                                                                  : F32;
+    TORCH_CHECK((kind == I8) == scales.defined(), "int8 matrices, and only they, come with scales");
+    const int64_t P = per_word(kind), n = w.size(0), k = w.size(1);
+    const int64_t np = round_up(n, LANES), kp = round_up(k, P);
     auto padded = torch::zeros({np, kp}, w.options());
     padded.narrow(0, 0, n).narrow(1, 0, k).copy_(w);
-    Packed p{padded.view({np / R, R, kp / width, width}).permute({0, 2, 1, 3}).contiguous(), {}, {}, n, k,
-             kp / width};
-    if (int8) {
+    Packed p{padded.view({np / LANES, LANES, kp / P, P}).permute({0, 2, 1, 3}).contiguous(), {}, {}, kind, n, k,
+             np / LANES, kp / P};
+    if (kind == I8) {
       TORCH_CHECK(scales.numel() == n && scales.scalar_type() == torch::kFloat32, "one fp32 scale per row");
       p.scales = torch::zeros({np}, torch::kFloat32);
       p.scales.narrow(0, 0, n).copy_(scales);
@@ -137,165 +167,215 @@ struct Packed {
     }
     return p;
   }
-  bool int8() const { return scales.defined(); }
 };
 
-#if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> 16 fp32
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-#endif
-
-// The R dot products of one packed block with one activation vector x (padded length).
-template <typename T>
-inline void dot_block(const T* block, int64_t chunks, const float* x, float* out) {
-#if defined(__AVX512F__)
-  __m512 acc[R];
-  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < chunks; c++) {
-    const T* tile = block + c * R * W16;
-    const char* ahead = reinterpret_cast<const char*>(tile) + PREFETCH_BYTES;
-    for (int64_t line = 0; line < int64_t(R * W16 * sizeof(T)); line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
-    const __m512 xv = _mm512_loadu_ps(x + c * W16);
-    for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(load16(tile + r * W16), xv, acc[r]);
-  }
-  for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
-#else
-  float acc[R] = {};
-  for (int64_t c = 0; c < chunks; c++) {
-    const T* tile = block + c * R * W16;
-    for (int r = 0; r < R; r++) {
-#pragma omp simd reduction(+ : acc[r])
-      for (int64_t i = 0; i < W16; i++) acc[r] += widen(tile[r * W16 + i]) * x[c * W16 + i];
-    }
-  }
-  std::copy(acc, acc + R, out);
-#endif
-}
-
-// An input vector in 16-bit fixed point, split into bytes for `vpdpbusd` (unsigned x signed):
-// x ~= scale * (256 * (hi - 128) + lo), with hi and lo in [0, 255]; entries past k are zero.
-inline float split_bytes(const float* x, int64_t k, int64_t kp, uint8_t* hi, uint8_t* lo) {
-  float top = 0.f;
-  for (int64_t i = 0; i < k; i++) top = std::max(top, std::fabs(x[i]));
-  const float scale = top > 0.f ? top / 32767.f : 1.f, inv = 1.f / scale;
-  for (int64_t i = 0; i < kp; i++) {
-    const int32_t v = i < k ? int32_t(std::lrint(x[i] * inv)) : 0;  // |v| <= 32767
-    hi[i] = uint8_t((v >> 8) + 128);  // arithmetic shift: floor(v / 256)
-    lo[i] = uint8_t(v & 255);
-  }
-  return scale;
-}
-
-// The R integer dot products of one packed int8 block with the high and the low input bytes.
-inline void dot_block_i8(const int8_t* block, int64_t chunks, const uint8_t* hi, const uint8_t* lo, int32_t* out_hi,
-                         int32_t* out_lo) {
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  __m512i acc_hi[R], acc_lo[R];
-  for (int r = 0; r < R; r++) acc_hi[r] = acc_lo[r] = _mm512_setzero_si512();
-  for (int64_t c = 0; c < chunks; c++) {
-    const int8_t* tile = block + c * R * W64;
-    const char* ahead = reinterpret_cast<const char*>(tile) + PREFETCH_BYTES;
-    for (int64_t line = 0; line < R * W64; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
-    const __m512i h = _mm512_loadu_si512(hi + c * W64), l = _mm512_loadu_si512(lo + c * W64);
-    for (int r = 0; r < R; r++) {
-      const __m512i w = _mm512_loadu_si512(tile + r * W64);
-      acc_hi[r] = _mm512_dpbusd_epi32(acc_hi[r], h, w);
-      acc_lo[r] = _mm512_dpbusd_epi32(acc_lo[r], l, w);
-    }
-  }
-  for (int r = 0; r < R; r++) {
-    out_hi[r] = _mm512_reduce_add_epi32(acc_hi[r]);
-    out_lo[r] = _mm512_reduce_add_epi32(acc_lo[r]);
-  }
-#else
-  for (int r = 0; r < R; r++) out_hi[r] = out_lo[r] = 0;
-  for (int64_t c = 0; c < chunks; c++) {
-    const int8_t* tile = block + c * R * W64;
-    for (int r = 0; r < R; r++) {
-      int32_t sh = 0, sl = 0;
-#pragma omp simd reduction(+ : sh, sl)
-      for (int64_t i = 0; i < W64; i++) {
-        sh += int32_t(hi[c * W64 + i]) * tile[r * W64 + i];
-        sl += int32_t(lo[c * W64 + i]) * tile[r * W64 + i];
-      }
-      out_hi[r] += sh, out_lo[r] += sl;
-    }
-  }
-#endif
-}
-
-// The R fp32 outputs of an int8 block: scales times the integer products, offset corrected.
-inline void dot_block_q(const Packed& W, int64_t blk, const uint8_t* hi, const uint8_t* lo, float x_scale,
-                        float* out) {
-  int32_t dh[R], dl[R];
-  dot_block_i8(reinterpret_cast<const int8_t*>(W.data.data_ptr()) + blk * W.chunks * R * W64, W.chunks, hi, lo,
-               dh, dl);
-  const float* scales = W.scales.data_ptr<float>() + blk * R;
-  const int32_t* sums = W.row_sums.data_ptr<int32_t>() + blk * R;
-  for (int r = 0; r < R; r++) {
-    const double dot = 256.0 * (double(dh[r]) - 128.0 * double(sums[r])) + double(dl[r]);
-    out[r] = float(dot * double(x_scale) * double(scales[r]));
-  }
-}
-
-// Input vectors of an int8 product, split into bytes once per product and batch row.
-struct SplitInput {
-  std::vector<uint8_t> hi, lo;
+// A product's input rows as its kernel reads them: one 32-bit word per line of the matrix.
+// fp32: the value; bf16: two values rounded to bf16; int8: four inputs in 16-bit fixed point,
+// their high bytes in `words` and low bytes in `low`, x ~= scale * (256 * (hi - 128) + lo),
+// so that a product is exact integer arithmetic on `vpdpbusd` (unsigned x signed bytes).
+struct Inputs {
+  std::vector<uint32_t> words, low;
   std::vector<float> scale;
-  int64_t stride = 0;
+  int64_t stride = 0;  // words per row
+
+  Inputs(int64_t B, int64_t max_k, bool int8) : words(B * max_k), low(int8 ? B * max_k : 0), scale(B), stride(max_k) {}
+
+  void prepare(const Packed& W, const float* x, int64_t b) {
+    uint32_t* out = &words[b * stride];
+    const int64_t k = W.k, padded = W.steps * per_word(W.kind);
+    if (W.kind == F32) {
+      std::memcpy(out, x, k * sizeof(float));
+    } else if (W.kind == BF16) {
+      auto* halves = reinterpret_cast<uint16_t*>(out);
+#pragma omp simd
+      for (int64_t i = 0; i < k; i++) narrow(x[i], &halves[i]);
+      std::fill(halves + k, halves + padded, uint16_t(0));
+    } else {
+      float top = 0.f;
+#pragma omp simd reduction(max : top)
+      for (int64_t i = 0; i < k; i++) top = std::max(top, std::fabs(x[i]));
+      scale[b] = top > 0.f ? top / 32767.f : 1.f;
+      const float inv = 1.f / scale[b];
+      auto *hi = reinterpret_cast<uint8_t*>(out), *lo = reinterpret_cast<uint8_t*>(&low[b * stride]);
+#pragma omp simd
+      for (int64_t i = 0; i < k; i++) {
+        const int32_t v = int32_t(std::nearbyint(x[i] * inv));  // |v| <= 32767, ties to even
+        hi[i] = uint8_t((v >> 8) + 128);  // arithmetic shift: floor(v / 256)
+        lo[i] = uint8_t(v & 255);
+      }
+      std::fill(hi + k, hi + padded, uint8_t(128));  // zero
+      std::fill(lo + k, lo + padded, uint8_t(0));
+    }
+  }
 };
 
-// out[b, :n] (+)= W . x[b] + bias for int8 W, like `matvec` below; `in` holds the split inputs.
-template <typename Post>
-void matvec_q(const Packed& W, const float* bias, const SplitInput& in, float* out, int64_t out_stride, int64_t B,
-              bool accumulate, const Packed* up, const float* up_bias, Post post) {
-  float acc[R], acc_up[R];
-#pragma omp for schedule(static) nowait
-  for (int64_t blk = 0; blk < (W.n + R - 1) / R; blk++) {
-    const int64_t n0 = blk * R, rows = std::min(R, W.n - n0);
-    for (int64_t b = 0; b < B; b++) {
-      const uint8_t *hi = &in.hi[b * in.stride], *lo = &in.lo[b * in.stride];
-      dot_block_q(W, blk, hi, lo, in.scale[b], acc);
-      if (up) dot_block_q(*up, blk, hi, lo, in.scale[b], acc_up);
-      for (int64_t r = 0; r < rows; r++) {
-        const float v = acc[r] + (bias ? bias[n0 + r] : 0.f);
-        const float u = up ? acc_up[r] + (up_bias ? up_bias[n0 + r] : 0.f) : 0.f;
-        float* o = out + b * out_stride + n0 + r;
-        *o = post(v, u) + (accumulate ? *o : 0.f);
+// One tile: the products of NB panels (16 * NB outputs, from panel p0) with MB input rows
+// (from row b0), written to out[i][j * 16 + lane] in fp32 (bias and activation not applied).
+// Each weight line is loaded once for all MB rows, which is what makes a batch cheaper than
+// its rows one by one; a row's result does not depend on the other rows of the tile.
+template <WeightKind K, int MB, int NB>
+void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
+  const int64_t steps = W.steps;
+  const char* panel[NB];
+  for (int j = 0; j < NB; j++) panel[j] = static_cast<const char*>(W.data.data_ptr()) + (p0 + j) * steps * 64;
+  const uint32_t* x[MB];
+  for (int i = 0; i < MB; i++) x[i] = &in.words[(b0 + i) * in.stride];
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+  if constexpr (K == I8) {
+    const uint32_t* lo[MB];
+    for (int i = 0; i < MB; i++) lo[i] = &in.low[(b0 + i) * in.stride];
+    __m512i acc_hi[MB][NB], acc_lo[MB][NB];
+    for (int i = 0; i < MB; i++)
+      for (int j = 0; j < NB; j++) acc_hi[i][j] = acc_lo[i][j] = _mm512_setzero_si512();
+    for (int64_t s = 0; s < steps; s++) {
+      __m512i w[NB];
+      for (int j = 0; j < NB; j++) w[j] = _mm512_loadu_si512(panel[j] + s * 64);
+      for (int i = 0; i < MB; i++) {
+        const __m512i h = _mm512_set1_epi32(int(x[i][s])), l = _mm512_set1_epi32(int(lo[i][s]));
+        for (int j = 0; j < NB; j++) {
+          acc_hi[i][j] = _mm512_dpbusd_epi32(acc_hi[i][j], h, w[j]);
+          acc_lo[i][j] = _mm512_dpbusd_epi32(acc_lo[i][j], l, w[j]);
+        }
+      }
+    }
+    for (int j = 0; j < NB; j++) {  // exact integer dot, then the two scales
+      const __m512i sums = _mm512_loadu_si512(W.row_sums.data_ptr<int32_t>() + (p0 + j) * LANES);
+      const __m512 w_scale = _mm512_loadu_ps(W.scales.data_ptr<float>() + (p0 + j) * LANES);
+      for (int i = 0; i < MB; i++) {
+        // 256 * (hi - 128 * sums) + lo overflows int32 for long rows: it is formed in fp64.
+        const __m512i high = _mm512_sub_epi32(acc_hi[i][j], _mm512_slli_epi32(sums, 7));
+        const __m512 s = _mm512_mul_ps(w_scale, _mm512_set1_ps(in.scale[b0 + i]));
+        for (int half = 0; half < 2; half++) {
+          const __m256i h = half ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high);
+          const __m256i l = half ? _mm512_extracti64x4_epi64(acc_lo[i][j], 1) : _mm512_castsi512_si256(acc_lo[i][j]);
+          const __m512d dot = _mm512_fmadd_pd(_mm512_set1_pd(256.0), _mm512_cvtepi32_pd(h), _mm512_cvtepi32_pd(l));
+          const __m256 sc = half ? _mm512_extractf32x8_ps(s, 1) : _mm512_castps512_ps256(s);
+          _mm256_storeu_ps(&out[i][j * LANES + half * 8], _mm512_cvtpd_ps(_mm512_mul_pd(dot, _mm512_cvtps_pd(sc))));
+        }
+      }
+    }
+  } else {
+    __m512 acc[MB][NB];
+    for (int i = 0; i < MB; i++)
+      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < steps; s++) {
+      __m512i w[NB];
+      for (int j = 0; j < NB; j++) w[j] = _mm512_loadu_si512(panel[j] + s * 64);
+      for (int i = 0; i < MB; i++) {
+        const __m512i xs = _mm512_set1_epi32(int(x[i][s]));
+        for (int j = 0; j < NB; j++) {
+          if constexpr (K == BF16) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)w[j], (__m512bh)xs);
+          else acc[i][j] = _mm512_fmadd_ps(_mm512_castsi512_ps(w[j]), _mm512_castsi512_ps(xs), acc[i][j]);
+        }
+      }
+    }
+    for (int i = 0; i < MB; i++)
+      for (int j = 0; j < NB; j++) _mm512_storeu_ps(&out[i][j * LANES], acc[i][j]);
+  }
+#else  // portable: the same sums in plain C++ (bf16 pairs as two fp32 products, int8 exactly)
+  for (int i = 0; i < MB; i++) {
+    for (int j = 0; j < NB; j++) {
+      for (int64_t lane = 0; lane < LANES; lane++) {
+        double exact = 0.0;  // int8
+        float acc = 0.f;
+        for (int64_t s = 0; s < steps; s++) {
+          const char* line = panel[j] + s * 64;
+          const uint32_t word = x[i][s];
+          if constexpr (K == F32) {
+            float xv;
+            std::memcpy(&xv, &word, 4);
+            acc += reinterpret_cast<const float*>(line)[lane] * xv;
+          } else if constexpr (K == BF16) {
+            const uint16_t* wv = reinterpret_cast<const uint16_t*>(line) + lane * 2;
+            acc += widen(wv[0]) * widen(uint16_t(word)) + widen(wv[1]) * widen(uint16_t(word >> 16));
+          } else {
+            const int8_t* wv = reinterpret_cast<const int8_t*>(line) + lane * 4;
+            const uint32_t low = in.low[(b0 + i) * in.stride + s];
+            for (int q = 0; q < 4; q++) {
+              const int32_t v = 256 * (int32_t((word >> (8 * q)) & 255) - 128) + int32_t((low >> (8 * q)) & 255);
+              exact += double(v) * wv[q];
+            }
+          }
+        }
+        if constexpr (K == I8) {
+          const int64_t o = (p0 + j) * LANES + lane;
+          acc = float(exact * double(in.scale[b0 + i]) * double(W.scales.data_ptr<float>()[o]));
+        }
+        out[i][j * LANES + lane] = acc;
       }
     }
   }
+#endif
 }
 
-// out[b, :n] (+)= W . x[b] + bias for B batch rows, inside the caller's parallel region.
-// `post` (if any) maps each output (with `up`, SwiGLU's second product) before it is stored.
-template <typename T, typename Post>
-void matvec(const Packed& W, const float* bias, const float* x, int64_t x_stride, float* out, int64_t out_stride,
-            int64_t B, bool accumulate, const Packed* up, const float* up_bias, Post post) {
-  const T* data = reinterpret_cast<const T*>(W.data.data_ptr());
-  const T* up_data = up ? reinterpret_cast<const T*>(up->data.data_ptr()) : nullptr;
-  const int64_t block_size = W.chunks * R * W16;
-  float acc[R], acc_up[R];
-#pragma omp for schedule(static) nowait
-  for (int64_t blk = 0; blk < (W.n + R - 1) / R; blk++) {
-    const int64_t n0 = blk * R, rows = std::min(R, W.n - n0);
-    for (int64_t b = 0; b < B; b++) {
-      dot_block(data + blk * block_size, W.chunks, x + b * x_stride, acc);
-      if (up_data) dot_block(up_data + blk * block_size, W.chunks, x + b * x_stride, acc_up);
-      for (int64_t r = 0; r < rows; r++) {
-        const float v = acc[r] + (bias ? bias[n0 + r] : 0.f);
-        const float u = up_data ? acc_up[r] + (up_bias ? up_bias[n0 + r] : 0.f) : 0.f;
-        float* o = out + b * out_stride + n0 + r;
-        *o = post(v, u) + (accumulate ? *o : 0.f);
-      }
-    }
+// `tile` for a run-time count of rows (mb) and panels (nb).
+template <WeightKind K, int MB>
+void tile_rows(const Packed& W, int64_t p0, int nb, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
+  switch (nb) {
+    case 1: return tile<K, MB, 1>(W, p0, in, b0, out);
+    case 2: return tile<K, MB, 2>(W, p0, in, b0, out);
+    case 3: return tile<K, MB, 3>(W, p0, in, b0, out);
+    default: return tile<K, MB, 4>(W, p0, in, b0, out);
   }
 }
 
-const auto identity = [](float v, float) { return v; };
+template <WeightKind K>
+void tile_any(const Packed& W, int64_t p0, int nb, const Inputs& in, int64_t b0, int mb, float (*out)[NB_MAX * LANES]) {
+  static_assert(mb_max(K) <= 4, "tile_any dispatches up to 4 rows");
+  switch (mb) {
+    case 1: return tile_rows<K, 1>(W, p0, nb, in, b0, out);
+    case 2: return tile_rows<K, 2>(W, p0, nb, in, b0, out);
+    case 3: return tile_rows<K, 3>(W, p0, nb, in, b0, out);
+    default:
+      if constexpr (mb_max(K) >= 4) return tile_rows<K, 4>(W, p0, nb, in, b0, out);
+  }
+}
+
+void tile_of(const Packed& W, int64_t p0, int nb, const Inputs& in, int64_t b0, int mb, float (*out)[NB_MAX * LANES]) {
+  switch (W.kind) {
+    case F32: return tile_any<F32>(W, p0, nb, in, b0, mb, out);
+    case BF16: return tile_any<BF16>(W, p0, nb, in, b0, mb, out);
+    default: return tile_any<I8>(W, p0, nb, in, b0, mb, out);
+  }
+}
+
+// out[b, :n] (+)= act(W . x[b] + bias) for B rows, inside the caller's parallel region: the
+// inputs are prepared, then each thread takes whole groups of panels (their weights stay in its
+// cache while it runs all the batch rows through them). With `up` (SwiGLU), act(gate, up).
+void product(SpinBarrier& sync, Inputs& in, const Packed& W, const float* bias, const float* x, int64_t x_stride,
+             float* out, int64_t out_stride, int64_t B, bool accumulate, const Packed* up = nullptr,
+             const float* up_bias = nullptr, int64_t activation = NO_ACTIVATION) {
+#pragma omp for schedule(static) nowait
+  for (int64_t b = 0; b < B; b++) in.prepare(W, x + b * x_stride, b);
+  sync.wait();
+  const int mb = mb_max(W.kind);
+  float v[4][NB_MAX * LANES], u[4][NB_MAX * LANES];
+#pragma omp for schedule(static) nowait
+  for (int64_t p0 = 0; p0 < W.panels; p0 += NB_MAX) {
+    const int nb = int(std::min<int64_t>(NB_MAX, W.panels - p0));
+    const int64_t n0 = p0 * LANES, width = std::min(nb * LANES, W.n - n0);
+    for (int64_t b0 = 0; b0 < B; b0 += mb) {
+      const int rows = int(std::min<int64_t>(mb, B - b0));
+      tile_of(W, p0, nb, in, b0, rows, v);
+      if (up) tile_of(*up, p0, nb, in, b0, rows, u);
+      for (int i = 0; i < rows; i++) {
+        if (bias) {
+#pragma omp simd
+          for (int64_t c = 0; c < width; c++) v[i][c] += bias[n0 + c];
+        }
+        if (up_bias) {
+#pragma omp simd
+          for (int64_t c = 0; c < width; c++) u[i][c] += up_bias[n0 + c];
+        }
+        activate(v[i], u[i], width, activation);
+        float* o = out + (b0 + i) * out_stride + n0;
+#pragma omp simd
+        for (int64_t c = 0; c < width; c++) o[c] = v[i][c] + (accumulate ? o[c] : 0.f);
+      }
+    }
+  }
+  sync.wait();
+}
 
 // LayerNorm or RMSNorm of one vector of length C, with optional gain and bias.
 void norm(const float* x, float* out, int64_t C, int64_t kind, double eps, const float* gain, const float* bias) {
@@ -326,6 +406,110 @@ void rope(float* x, const float* cos, const float* sin, int64_t hs) {
 }
 
 const float* f32_or_null(const torch::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+
+// exp(s - max) in place; returns their sum.
+inline float softmax_in_place(float* scores, int64_t n) {
+  const float top = *std::max_element(scores, scores + n);
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t t = 0; t < n; t++) {
+    scores[t] = fast_exp(scores[t] - top);
+    total += scores[t];
+  }
+  return total;
+}
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> 16 fp32
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// The four horizontal sums of a, b, c, d (the scores of four keys) in one 128-bit vector:
+// three shuffle-and-add rounds for all four instead of four for each.
+inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+  abcd = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, 0x4E));
+  abcd = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, 0xB1));
+  return _mm512_castps512_ps128(abcd);
+}
+
+template <typename T, int CH>  // CH = head size / 16
+inline __m512 key_dot(const __m512 (&qv)[CH], const T* key) {
+  __m512 dot = _mm512_mul_ps(qv[0], load16(key));
+  for (int c = 1; c < CH; c++) dot = _mm512_fmadd_ps(qv[c], load16(key + c * LANES), dot);
+  return dot;
+}
+
+template <typename T, int CH>  // CH = head size / 16
+void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, float scale, float* scores,
+                      float* out) {
+  constexpr int64_t hs = CH * LANES;
+  __m512 qv[CH], even[CH], odd[CH];
+  for (int c = 0; c < CH; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + c * LANES), _mm512_set1_ps(scale));
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const T* key = keys + t * hs;
+    _mm_storeu_ps(scores + t, sum4(key_dot<T, CH>(qv, key), key_dot<T, CH>(qv, key + hs),
+                                   key_dot<T, CH>(qv, key + 2 * hs), key_dot<T, CH>(qv, key + 3 * hs)));
+  }
+  for (; t < n; t++) scores[t] = _mm512_reduce_add_ps(key_dot<T, CH>(qv, keys + t * hs));
+  const float total = softmax_in_place(scores, n);
+  for (int c = 0; c < CH; c++) even[c] = odd[c] = _mm512_setzero_ps();
+  for (t = 0; t + 2 <= n; t += 2) {  // two chains per output vector, to hide the FMA latency
+    const __m512 p0 = _mm512_set1_ps(scores[t]), p1 = _mm512_set1_ps(scores[t + 1]);
+    const T* val = vals + t * hs;
+    for (int c = 0; c < CH; c++) {
+      even[c] = _mm512_fmadd_ps(p0, load16(val + c * LANES), even[c]);
+      odd[c] = _mm512_fmadd_ps(p1, load16(val + hs + c * LANES), odd[c]);
+    }
+  }
+  if (t < n) {
+    const __m512 p = _mm512_set1_ps(scores[t]);
+    for (int c = 0; c < CH; c++) even[c] = _mm512_fmadd_ps(p, load16(vals + t * hs + c * LANES), even[c]);
+  }
+  const __m512 inv = _mm512_set1_ps(1.f / total);
+  for (int c = 0; c < CH; c++) _mm512_storeu_ps(out + c * LANES, _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inv));
+}
+#endif
+
+// Softmax attention of one query head over the first n positions of its key/value head:
+// out = softmax(scale * K q) V. With AVX-512 and a head size of 16..128 the query and the output
+// live in registers for the whole pass; otherwise plain loops.
+template <typename T>
+void attend(const float* q, const T* keys, const T* vals, int64_t n, int64_t hs, float scale,
+            std::vector<float>& scores, float* out) {
+  scores.resize(n);
+#if defined(__AVX512F__)
+  if (hs % LANES == 0 && hs <= 8 * LANES) {
+    switch (hs / LANES) {
+      case 1: return attend_registers<T, 1>(q, keys, vals, n, scale, scores.data(), out);
+      case 2: return attend_registers<T, 2>(q, keys, vals, n, scale, scores.data(), out);
+      case 3: return attend_registers<T, 3>(q, keys, vals, n, scale, scores.data(), out);
+      case 4: return attend_registers<T, 4>(q, keys, vals, n, scale, scores.data(), out);
+      case 5: return attend_registers<T, 5>(q, keys, vals, n, scale, scores.data(), out);
+      case 6: return attend_registers<T, 6>(q, keys, vals, n, scale, scores.data(), out);
+      case 7: return attend_registers<T, 7>(q, keys, vals, n, scale, scores.data(), out);
+      default: return attend_registers<T, 8>(q, keys, vals, n, scale, scores.data(), out);
+    }
+  }
+#endif
+  for (int64_t t = 0; t < n; t++) {
+    float dot = 0.f;
+    for (int64_t i = 0; i < hs; i++) dot += q[i] * widen(keys[t * hs + i]);
+    scores[t] = dot * scale;
+  }
+  const float total = softmax_in_place(scores.data(), n);
+  std::fill(out, out + hs, 0.f);
+  for (int64_t t = 0; t < n; t++) {
+    const float p = scores[t] / total;
+#pragma omp simd
+    for (int64_t i = 0; i < hs; i++) out[i] += p * widen(vals[t * hs + i]);
+  }
+}
 
 struct Layer {
   torch::Tensor attn_gain, attn_bias, qkv_bias, q_gain, q_bias, k_gain, k_bias, proj_bias;
@@ -379,8 +563,10 @@ class NativeModel {
     lm_head_ = Packed::from(globals[8], scale(n_layer_ * 4 + 1));
   }
 
+  // `threads` <= 0: torch's intra-op thread count.
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions,
-                     const std::vector<torch::Tensor>& k_cache, const std::vector<torch::Tensor>& v_cache) const {
+                     const std::vector<torch::Tensor>& k_cache, const std::vector<torch::Tensor>& v_cache,
+                     int64_t threads) const {
     TORCH_CHECK(tokens.scalar_type() == torch::kLong && positions.scalar_type() == torch::kLong, "ids must be int64");
     TORCH_CHECK(tokens.numel() == positions.numel(), "one position per token");
     TORCH_CHECK(int64_t(k_cache.size()) == n_layer_ && int64_t(v_cache.size()) == n_layer_, "one cache per layer");
@@ -391,40 +577,32 @@ class NativeModel {
       }
     }
     const auto tok = tokens.contiguous(), pos = positions.contiguous();
-    if (dtype_ == torch::kBFloat16) return run<uint16_t>(tok, pos, k_cache, v_cache);
-    return run<float>(tok, pos, k_cache, v_cache);
+    const int team = int(threads > 0 ? threads : at::get_num_threads());
+    if (dtype_ == torch::kBFloat16) return run<uint16_t>(tok, pos, k_cache, v_cache, team);
+    return run<float>(tok, pos, k_cache, v_cache, team);
   }
 
  private:
   template <typename T>
   torch::Tensor run(const torch::Tensor& tokens, const torch::Tensor& positions,
-                    const std::vector<torch::Tensor>& k_cache, const std::vector<torch::Tensor>& v_cache) const {
+                    const std::vector<torch::Tensor>& k_cache, const std::vector<torch::Tensor>& v_cache,
+                    int team) const {
     const int64_t B = tokens.size(0), C = n_embd_, hs = head_size_, groups = n_head_ / n_kv_head_;
     const int64_t q_width = n_head_ * hs, kv_width = n_kv_head_ * hs, qkv_width = q_width + 2 * kv_width;
-    const int64_t c_pad = round_up(C, W16), q_pad = round_up(q_width, W16), h_pad = round_up(hidden_, W16);
     const int64_t* tok = tokens.data_ptr<int64_t>();
     const int64_t* pos = positions.data_ptr<int64_t>();
     const float *cos = f32_or_null(cos_), *sin = f32_or_null(sin_);
     const float scale = 1.f / std::sqrt(float(hs));
-    // Inputs of products are zero-padded to whole tiles; the padding is never written.
-    std::vector<float> x(B * C), h(B * c_pad), qkv(B * qkv_width), att(B * q_pad), act(B * h_pad);
-    SplitInput split;  // int8 products only
-    if (wte_scales_.defined()) {
-      split.stride = round_up(std::max({C, q_width, hidden_}), W64);
-      split.hi.resize(B * split.stride), split.lo.resize(B * split.stride), split.scale.resize(B);
-    }
+    std::vector<float> x(B * C), h(B * C), qkv(B * qkv_width), att(B * q_width), act(B * hidden_);
+    Inputs in(B, std::max({C, q_width, hidden_}), wte_scales_.defined());
     auto logits = torch::empty({B, vocab_}, torch::kFloat32);
-    const int64_t kind = mlp_;
-    const auto activation = [kind](float v, float up) {
-      return kind == SWIGLU ? v / (1.f + fast_exp(-v)) * up : activate(v, kind);
-    };
 
     SpinBarrier sync;
-#pragma omp parallel num_threads(at::get_num_threads())
+#pragma omp parallel num_threads(team)
     {
       sync.threads.store(omp_get_num_threads(), std::memory_order_relaxed);  // before this thread's first wait
       std::vector<float> scores;
-#pragma omp masked
+#pragma omp for schedule(static) nowait
       for (int64_t b = 0; b < B; b++) {  // token (+ learned position) embedding
         const T* pe = wpe_.numel() ? reinterpret_cast<const T*>(wpe_.data_ptr()) + pos[b] * C : nullptr;
         if (wte_scales_.defined()) {
@@ -443,14 +621,13 @@ class NativeModel {
         T* kc = reinterpret_cast<T*>(k_cache[l].data_ptr());  // (B, n_kv_head, L, hs)
         T* vc = reinterpret_cast<T*>(v_cache[l].data_ptr());
         const int64_t L = k_cache[l].size(2);
-#pragma omp masked
+#pragma omp for schedule(static) nowait
         for (int64_t b = 0; b < B; b++) {
-          norm(&x[b * C], &h[b * c_pad], C, norm_, eps_, f32_or_null(w.attn_gain), f32_or_null(w.attn_bias));
+          norm(&x[b * C], &h[b * C], C, norm_, eps_, f32_or_null(w.attn_gain), f32_or_null(w.attn_bias));
         }
         sync.wait();
-        product<T>(sync, split, w.qkv, f32_or_null(w.qkv_bias), h.data(), c_pad, qkv.data(), qkv_width, B, false,
-                   nullptr, nullptr, identity);
-#pragma omp masked
+        product(sync, in, w.qkv, f32_or_null(w.qkv_bias), h.data(), C, qkv.data(), qkv_width, B, false);
+#pragma omp for schedule(static) nowait
         for (int64_t b = 0; b < B; b++) {  // q/k norm, rotary, then store k and v at this row's position
           float* q = &qkv[b * qkv_width];
           float* k = q + q_width;
@@ -475,78 +652,32 @@ class NativeModel {
         sync.wait();
 #pragma omp for schedule(static) nowait
         for (int64_t bh = 0; bh < B * n_head_; bh++) {  // softmax attention of one head over positions 0..pos
-          const int64_t b = bh / n_head_, hd = bh % n_head_, g = hd / groups, n = pos[b] + 1;
-          const float* q = &qkv[b * qkv_width + hd * hs];
-          const T* keys = kc + (b * n_kv_head_ + g) * L * hs;
-          const T* vals = vc + (b * n_kv_head_ + g) * L * hs;
-          scores.resize(n);
-          for (int64_t t = 0; t < n; t++) {
-            float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < hs; i++) dot += q[i] * widen(keys[t * hs + i]);
-            scores[t] = dot * scale;
-          }
-          const float top = *std::max_element(scores.begin(), scores.end());
-          float total = 0.f;
-#pragma omp simd reduction(+ : total)
-          for (int64_t t = 0; t < n; t++) {
-            scores[t] = fast_exp(scores[t] - top);
-            total += scores[t];
-          }
-          float* out = &att[b * q_pad + hd * hs];
-          std::fill(out, out + hs, 0.f);
-          for (int64_t t = 0; t < n; t++) {
-            const float p = scores[t] / total;
-#pragma omp simd
-            for (int64_t i = 0; i < hs; i++) out[i] += p * widen(vals[t * hs + i]);
-          }
+          const int64_t b = bh / n_head_, hd = bh % n_head_, g = hd / groups;
+          attend(&qkv[b * qkv_width + hd * hs], kc + (b * n_kv_head_ + g) * L * hs, vc + (b * n_kv_head_ + g) * L * hs,
+                 pos[b] + 1, hs, scale, scores, &att[b * q_width + hd * hs]);
         }
         sync.wait();
-        product<T>(sync, split, w.proj, f32_or_null(w.proj_bias), att.data(), q_pad, x.data(), C, B, true, nullptr,
-                   nullptr, identity);
-#pragma omp masked
+        product(sync, in, w.proj, f32_or_null(w.proj_bias), att.data(), q_width, x.data(), C, B, true);
+#pragma omp for schedule(static) nowait
         for (int64_t b = 0; b < B; b++) {
-          norm(&x[b * C], &h[b * c_pad], C, norm_, eps_, f32_or_null(w.mlp_gain), f32_or_null(w.mlp_bias));
+          norm(&x[b * C], &h[b * C], C, norm_, eps_, f32_or_null(w.mlp_gain), f32_or_null(w.mlp_bias));
         }
         sync.wait();
         const bool glu = mlp_ == SWIGLU;
-        product<T>(sync, split, w.fc, f32_or_null(w.fc_bias), h.data(), c_pad, act.data(), h_pad, B, false,
-                   glu ? &w.up : nullptr, glu ? f32_or_null(w.up_bias) : nullptr, activation);
-        product<T>(sync, split, w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), h_pad, x.data(), C, B, true,
-                   nullptr, nullptr, identity);
+        product(sync, in, w.fc, f32_or_null(w.fc_bias), h.data(), C, act.data(), hidden_, B, false,
+                glu ? &w.up : nullptr, glu ? f32_or_null(w.up_bias) : nullptr, mlp_);
+        product(sync, in, w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), hidden_, x.data(), C, B, true);
       }
-#pragma omp masked
+#pragma omp for schedule(static) nowait
       for (int64_t b = 0; b < B; b++) {
         float* xb = &x[b * C];
-        if (final_norm_) norm(xb, &h[b * c_pad], C, norm_, eps_, f32_or_null(final_gain_), f32_or_null(final_bias_));
-        else std::copy(xb, xb + C, &h[b * c_pad]);
+        if (final_norm_) norm(xb, &h[b * C], C, norm_, eps_, f32_or_null(final_gain_), f32_or_null(final_bias_));
+        else std::copy(xb, xb + C, &h[b * C]);
       }
       sync.wait();
-      product<T>(sync, split, lm_head_, nullptr, h.data(), c_pad, logits.data_ptr<float>(), vocab_, B, false, nullptr,
-                 nullptr, identity);
+      product(sync, in, lm_head_, nullptr, h.data(), C, logits.data_ptr<float>(), vocab_, B, false);
     }
     return logits;
-  }
-
-  // W . x for fp32/bf16 W (`matvec`), or for int8 W: split the inputs into bytes, then `matvec_q`;
-  // the threads meet at `sync` once the output is complete.
-  template <typename T, typename Post>
-  static void product(SpinBarrier& sync, SplitInput& split, const Packed& W, const float* bias, const float* x,
-                      int64_t x_stride, float* out, int64_t out_stride, int64_t B, bool accumulate, const Packed* up,
-                      const float* up_bias, Post post) {
-    if (!W.int8()) {
-      matvec<T>(W, bias, x, x_stride, out, out_stride, B, accumulate, up, up_bias, post);
-      sync.wait();
-      return;
-    }
-#pragma omp for schedule(static) nowait
-    for (int64_t b = 0; b < B; b++) {
-      split.scale[b] = split_bytes(x + b * x_stride, W.k, W.chunks * W64, &split.hi[b * split.stride],
-                                   &split.lo[b * split.stride]);
-    }
-    sync.wait();
-    matvec_q(W, bias, split, out, out_stride, B, accumulate, up, up_bias, post);
-    sync.wait();
   }
 
   std::vector<Layer> layers_;
@@ -565,6 +696,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<NativeModel>(m, "NativeModel")
       .def(pybind11::init<const std::vector<torch::Tensor>&, const std::vector<torch::Tensor>&,
                           const std::vector<torch::Tensor>&, const std::vector<int64_t>&, double>())
-      .def("step", &NativeModel::step, pybind11::call_guard<pybind11::gil_scoped_release>(),
+      .def("step", &NativeModel::step, pybind11::call_guard<pybind11::gil_scoped_release>(), pybind11::arg("tokens"),
+           pybind11::arg("positions"), pybind11::arg("k_cache"), pybind11::arg("v_cache"), pybind11::arg("threads") = 0,
            "Feed one token per row, write the KV caches, return fp32 logits (B, V)");
 }
