@@ -57,9 +57,12 @@ def run_staggered(
     return results
 
 
-@pytest.fixture(params=["native", "eager"])
+@pytest.fixture(params=["native", "native-2", "eager"])
 def engine(request: pytest.FixtureRequest, peaked_model: GPT):
-    engine = BatchEngine(peaked_model, max_batch=4, backend=request.param)
+    """native: every prompt here is fed through the decode steps; native-2: prompts of up to two
+    tokens are, longer ones prefilled, in the same batch; eager: all prefilled."""
+    backend, _, feed = request.param.partition("-")
+    engine = BatchEngine(peaked_model, max_batch=4, backend=backend, feed_tokens=int(feed or 8))
     engine.start()
     yield engine
     engine.stop()

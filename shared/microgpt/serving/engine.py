@@ -13,11 +13,15 @@ Design (vLLM's continuous batching at nanochat's scale; the engine speaks token 
   prefix copied), so a decode step always runs on the first n rows: one stream pays for
   one row, not for `max_batch`.
 - A scheduler thread loops: retire finished and cancelled rows, admit waiting requests
-  into the free rows (their prompts prefilled together, right-padded, by the eager
-  model, up to `prefill_tokens` padded tokens a step), then run ONE decode step for all
-  active rows (the native C++ step on CPU when the model allows, else eager) and choose
-  each row's token with its own `SamplingParams` and seeded generator. Requests join
-  between steps; nobody waits for a batch to drain.
+  into the free rows, then run ONE decode step for all active rows (the native C++ step
+  on CPU when the model allows, else eager) and choose each row's token with its own
+  `SamplingParams` and seeded generator. Requests join between steps; nobody waits for a
+  batch to drain.
+- Admission: under the native step a short prompt (up to `feed_tokens`) rides along in
+  the decode steps, one token a step, so admitting it costs the running streams nothing
+  (a one-token prompt gets its first token from the very next step). Longer prompts are
+  prefilled together by the eager model, right-padded, up to `prefill_tokens` padded
+  tokens a step, which is cheaper than feeding them token by token.
 - Stop strings are the caller's (it decodes text, then cancels); `stop_token_ids` (EOS)
   end a request here with finish_reason "stop" and are never emitted.
 - Backpressure: at most `max_queue` requests wait, then `submit` raises `QueueFullError`
@@ -39,7 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -237,6 +241,7 @@ class _Row:
     sampler: SequenceSampler
     length: int  # tokens in the cache
     next_token: int  # the token to feed at the next decode step
+    prompt_left: deque[int] = field(default_factory=deque)  # prompt tokens still to feed after it
 
 
 def resolve_backend(model: GPT, backend: Backend | Literal["auto"]) -> Backend:
@@ -268,15 +273,17 @@ class BatchEngine:
         backend: Backend | Literal["auto"] = "auto",
         name: str = "",
         prefill_tokens: int = 2048,
+        feed_tokens: int = 8,
     ) -> None:
-        if max_batch < 1 or max_queue < 0 or prefill_tokens < 1:
-            raise ValueError("max_batch and prefill_tokens must be >= 1 and max_queue >= 0")
+        if max_batch < 1 or max_queue < 0 or prefill_tokens < 1 or feed_tokens < 0:
+            raise ValueError("max_batch and prefill_tokens must be >= 1, max_queue and feed_tokens >= 0")
         self.model = model.eval()
         self.config = model.config
         self.name = name
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
         self.device, self.dtype = activation_device_and_dtype(model)
         self.backend = resolve_backend(model, backend)
+        self.feed_tokens = feed_tokens if self.backend == "native" else 0
         self._decode_step = make_decode_step(model, self.backend)
         self.cache = KVCache(self.config, max_batch, device=self.device, dtype=self.dtype)
         self._rows: list[_Row] = []
@@ -377,7 +384,7 @@ class BatchEngine:
                             return
                         admitted = self._admit()
                     if admitted:
-                        self._prefill(admitted)
+                        self._start(admitted)
                     self._retire()
                     if self._rows:
                         self._decode()
@@ -418,6 +425,17 @@ class BatchEngine:
         view._rows = torch.arange(count, device=self.device)[:, None]
         return view
 
+    def _start(self, handles: list[RequestHandle]) -> None:
+        """Give the admitted requests rows: short prompts to feed through the decode steps, the rest prefilled."""
+        vocab = self.config.vocab_size
+        fed = [h for h in handles if h.prompt_tokens <= self.feed_tokens]
+        for h in fed:
+            sampler = SequenceSampler(h.params, h.prompt, vocab, self.device)
+            self._rows.append(_Row(h, sampler, 0, next_token=h.prompt[0], prompt_left=deque(h.prompt[1:])))
+        self._prompt_tokens += sum(h.prompt_tokens for h in fed)
+        if len(fed) < len(handles):
+            self._prefill([h for h in handles if h.prompt_tokens > self.feed_tokens])
+
     def _prefill(self, handles: list[RequestHandle]) -> None:
         """Prefill the admitted prompts together, into the rows after the active ones; pick first tokens."""
         start, count = len(self._rows), len(handles)
@@ -449,11 +467,19 @@ class BatchEngine:
         idx = torch.tensor([r.next_token for r in self._rows], device=self.device)[:, None]
         view.fit_window(max(r.length for r in self._rows) + 1)
         logits = self._decode_step(idx, view, self._live)
-        for r in self._rows:
+        ready = []  # rows whose logits give their next token: all but those still feeding a prompt
+        for i, r in enumerate(self._rows):
             r.length += 1
+            if r.prompt_left:
+                r.next_token = r.prompt_left.popleft()
+            else:
+                ready.append(i)
         self._steps += 1
         self._last_batch = n
-        self._choose(self._rows, logits)
+        if len(ready) == n:
+            self._choose(self._rows, logits)
+        elif ready:
+            self._choose([self._rows[i] for i in ready], logits[ready])
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token from its logits (len(rows), V) and emit it."""
