@@ -237,6 +237,7 @@ class ModelPool:
             max_batch=self.settings.inference_max_batch,
             max_queue=self.settings.inference_max_queue,
             backend=self.settings.inference_backend,
+            threads=self.settings.inference_threads,
             name=spec.id,
         )
         engine.start()

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         default="fp32", description="precision of a model loaded without one named: fp32, bf16, int8, int4"
     )
     inference_max_batch: int = Field(default=32, ge=1, description="sequences one engine decodes together")
+    inference_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="most threads of one native decode step (default: torch's thread count); the engine "
+        "runs 1 or this many, whichever its recent steps say is faster",
+    )
     inference_backend: str = Field(
         default="auto", description="decode step of the batching engine: auto, eager, compiled or native"
     )

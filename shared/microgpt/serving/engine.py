@@ -27,6 +27,9 @@ Design (vLLM's continuous batching at nanochat's scale; the engine speaks token 
 - Backpressure: at most `max_queue` requests wait, then `submit` raises `QueueFullError`
   with a retry-after estimate. A prompt longer than the context is a `ValueError` worded
   like OpenAI's; `max_new_tokens` is capped to the context left.
+- Threads: the native step runs on 1 or `threads` threads, whichever its recent steps
+  say is faster (`microgpt.serving.threads`): a second thread halves a step on an idle
+  machine and stalls it at every barrier on a busy one.
 - A row's tokens do not depend on the rest of the batch under the native step (it
   computes every row alone); under eager decoding a batch's matmuls may round
   differently from a single row's, in the last bits.
@@ -52,6 +55,7 @@ from microgpt.generate import Backend, activation_device_and_dtype, make_decode_
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams, SequenceSampler, token_logprobs
+from microgpt.serving.threads import TeamSizer
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +278,7 @@ class BatchEngine:
         name: str = "",
         prefill_tokens: int = 2048,
         feed_tokens: int = 8,
+        threads: int | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 0 or prefill_tokens < 1 or feed_tokens < 0:
             raise ValueError("max_batch and prefill_tokens must be >= 1, max_queue and feed_tokens >= 0")
@@ -284,6 +289,8 @@ class BatchEngine:
         self.device, self.dtype = activation_device_and_dtype(model)
         self.backend = resolve_backend(model, backend)
         self.feed_tokens = feed_tokens if self.backend == "native" else 0
+        # The native step's team: 1 or `threads` (default torch's count), whichever is faster now.
+        self._team = TeamSizer(threads or torch.get_num_threads()) if self.backend == "native" else None
         self._decode_step = make_decode_step(model, self.backend)
         self.cache = KVCache(self.config, max_batch, device=self.device, dtype=self.dtype)
         self._rows: list[_Row] = []
@@ -426,7 +433,7 @@ class BatchEngine:
         return view
 
     def _start(self, handles: list[RequestHandle]) -> None:
-        """Give the admitted requests rows: short prompts to feed through the decode steps, the rest prefilled."""
+        """Give admitted requests rows: short prompts are fed through the decode steps, the rest prefilled."""
         vocab = self.config.vocab_size
         fed = [h for h in handles if h.prompt_tokens <= self.feed_tokens]
         for h in fed:
@@ -466,7 +473,12 @@ class BatchEngine:
         view = self._view
         idx = torch.tensor([r.next_token for r in self._rows], device=self.device)[:, None]
         view.fit_window(max(r.length for r in self._rows) + 1)
-        logits = self._decode_step(idx, view, self._live)
+        if self._team is None:
+            logits = self._decode_step(idx, view, self._live)
+        else:
+            size, started = self._team.pick(n), time.perf_counter()
+            logits = self._decode_step(idx, view, self._live, threads=size)
+            self._team.record(n, size, time.perf_counter() - started)
         ready = []  # rows whose logits give their next token: all but those still feeding a prompt
         for i, r in enumerate(self._rows):
             r.length += 1
