@@ -95,6 +95,23 @@ def test_explicit_attention_matches_sdpa(family: str) -> None:
     assert torch.all(probs.triu(1) == 0), "attention must be causal"
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_cpu_training_attention_has_sdpa_gradients(family: str) -> None:
+    """Training on the CPU takes the explicit attention path (causal bias, no dropout here):
+    its gradients are SDPA's."""
+    torch.manual_seed(0)
+    model = GPT(FAMILIES[family]).double()
+    idx = torch.randint(0, model.config.vocab_size, (2, 12))
+    grads = []
+    for training in (True, False):
+        model.train(training)
+        model.zero_grad()
+        model(idx, idx).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for explicit, sdpa in zip(*grads):
+        torch.testing.assert_close(explicit, sdpa, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_kv_cache_prefill_then_steps_matches_full_forward(family: str) -> None:
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ matrix-vector product where three or two would do.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -135,16 +136,22 @@ class Attention(nn.Module):
         # Scaling q rather than the scores, and masking in place: two passes fewer over the
         # (T, S) scores, which dominate this path's memory traffic.
         scores = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nkv, g, T, S)
-        if mask is None:
-            S = scores.shape[-1]
-            hidden = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1)
+        if mask is None:  # causal: adding a constant -inf bias has no backward pass, masking does
+            scores += causal_bias(T, scores.shape[-1], scores.dtype, q.device)
         else:
-            hidden = ~mask[:, :, None]  # (B, 1, 1, T, S)
-        probs = scores.masked_fill_(hidden, float("-inf")).softmax(dim=-1)
+            scores.masked_fill_(~mask[:, :, None], float("-inf"))  # mask (B, 1, T, S)
+        probs = scores.softmax(dim=-1)
         # In v's dtype first (bf16 under autocast, as the product would cast it anyway): the
         # dropout pass then moves half the bytes of fp32 probabilities.
         y = (dropout(probs.to(v.dtype), self.dropout, self.training) @ v).view(B, nh, T, hs)
         return y, probs.view(B, nh, T, -1)
+
+
+@functools.lru_cache(maxsize=8)  # a training run uses one shape (a few with trimmed padding)
+def causal_bias(T: int, S: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(T, S): 0 where the last T of S positions may attend, -inf after each query's position."""
+    hidden = torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)
+    return torch.zeros(T, S, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
 
 
 class MLP(nn.Module):
