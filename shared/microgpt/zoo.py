@@ -77,19 +77,31 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "names",
-            "makemore's default transformer (4 layers, 4 heads, 64 dims) for names",
-            GPTConfig(vocab_size=27, block_size=32, n_layer=4, n_head=4, n_embd=64, bias=False),
+            "makemore's default transformer (4 layers, 4 heads, 64 dims, biases, untied head, tanh GELU) "
+            "for names; trained with dropout 0.1 and a recipe that fits 5 minutes on 2 cores (2 DDP ranks)",
+            GPTConfig(
+                vocab_size=27,
+                block_size=32,
+                n_layer=4,
+                n_head=4,
+                n_embd=64,
+                bias=True,
+                tie_embeddings=False,
+                mlp="gelu_tanh",
+                dropout=0.1,
+            ),  # fmt: skip
             TrainConfig(
-                max_steps=10000,
-                batch_size=32,
-                lr=5e-4,
+                max_steps=11500,
+                batch_size=96,
+                lr=1.2e-2,
                 min_lr=5e-5,
-                warmup_steps=100,
+                warmup_steps=200,
                 betas=(0.9, 0.99),
-                weight_decay=0.01,
+                weight_decay=0.1,
                 data_mode="documents",
                 dataset="names-32k",
-                eval_interval=500,
+                eval_interval=2300,
+                eval_steps=33,  # 33 x 96 rows: the whole validation split (3,142 names)
             ),
         ),
         Preset(
