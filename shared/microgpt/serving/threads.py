@@ -7,15 +7,20 @@ waits at every barrier for a thread the OS has put aside, and a step can take 20
 longer. Neither choice is right everywhere, so the engine measures both:
 
 - steps are grouped by batch size (powers of two: a step's cost depends on its rows);
-- each group keeps a moving average of step seconds per team size;
-- the faster team size decodes, and the other one is timed again once a second (one step),
-  so a change in the machine's load is noticed within about a second, at a cost of one
-  step in a second.
+- each group keeps a moving average of step seconds per team size, starting from the
+  fastest of its first three steps (a team's first steps pay for starting its threads);
+- the faster team size decodes, and the other one is timed again (one step) after 30 ms,
+  then after twice as long each time up to a second, so a misleading start is corrected at
+  once and a change in the machine's load is noticed within about a second, at a cost of
+  one step in a second.
 """
 
 from __future__ import annotations
 
 import time
+
+WARM_UP_STEPS = 3  # timed steps per team size before a choice: the fastest of them counts
+FAVOUR = 0.85  # the full team's time counts this much: one thread must be 15% faster to take over
 
 
 class TeamSizer:
@@ -28,6 +33,10 @@ class TeamSizer:
         self.recheck_seconds, self.smoothing = recheck_seconds, smoothing
         self._seconds: dict[tuple[int, int], float] = {}  # (group, team) -> average step seconds
         self._timed_at: dict[tuple[int, int], float] = {}  # (group, team) -> when last timed
+        self._count: dict[tuple[int, int], int] = {}  # (group, team) -> steps timed
+        # (group, team) -> seconds until its next re-check: short at first (start-up timings can
+        # mislead), doubling up to `recheck_seconds`.
+        self._wait: dict[tuple[int, int], float] = {}
 
     @staticmethod
     def group(rows: int) -> int:
@@ -36,21 +45,36 @@ class TeamSizer:
     def pick(self, rows: int) -> int:
         """The team size for a step of `rows` rows."""
         group, now = self.group(rows), time.monotonic()
-        untimed = [size for size in reversed(self.sizes) if (group, size) not in self._seconds]
+        untimed = [size for size in reversed(self.sizes) if self._count.get((group, size), 0) < WARM_UP_STEPS]
         if untimed:
             return untimed[0]
-        best = min(self.sizes, key=lambda size: self._seconds[group, size])
+        # The full team keeps the step unless one thread is clearly faster: near a tie, step-to-step
+        # noise would otherwise flip between them.
+        most = self.sizes[-1]
+        best = min(
+            self.sizes, key=lambda size: self._seconds[group, size] * (FAVOUR if size == most else 1.0)
+        )
         for size in self.sizes:
-            if size != best and now - self._timed_at[group, size] >= self.recheck_seconds:
+            if size != best and self._due((group, size), now):
                 return size
         return best
+
+    def _due(self, key: tuple[int, int], now: float) -> bool:
+        wait = self._wait.get(key, self.recheck_seconds / 32)
+        return key in self._timed_at and now - self._timed_at[key] >= wait
 
     def record(self, rows: int, size: int, seconds: float) -> None:
         """Time of one step of `rows` rows on `size` threads."""
         key = (self.group(rows), size)
         previous = self._seconds.get(key)
-        stale = key in self._timed_at and time.monotonic() - self._timed_at[key] >= self.recheck_seconds
-        # A re-check replaces the old figure (the load may have changed); otherwise smooth.
-        fresh = previous is None or stale
-        self._seconds[key] = seconds if fresh else previous + self.smoothing * (seconds - previous)
+        stale = self._due(key, time.monotonic())
+        if stale:
+            self._wait[key] = min(self.recheck_seconds, 2 * self._wait.get(key, self.recheck_seconds / 32))
+        count = self._count[key] = self._count.get(key, 0) + 1
+        if previous is None or stale:  # a re-check replaces the old figure: the load may have changed
+            self._seconds[key] = seconds
+        elif count <= WARM_UP_STEPS:  # a team's first steps pay for starting its threads
+            self._seconds[key] = min(previous, seconds)
+        else:
+            self._seconds[key] = previous + self.smoothing * (seconds - previous)
         self._timed_at[key] = time.monotonic()

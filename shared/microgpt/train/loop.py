@@ -183,7 +183,12 @@ def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "adam":
         return torch.optim.Adam(
-            params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay, **fused_kernels(params)
+            params,
+            lr=tc.lr,
+            betas=tc.betas,
+            eps=tc.eps,
+            weight_decay=tc.weight_decay,
+            **fused_kernels(params),
         )
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
