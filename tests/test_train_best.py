@@ -12,7 +12,7 @@ from microgpt.checkpoint import load_checkpoint
 from microgpt.train import train
 from microgpt.train.loop import BEST_DIR, METRICS_FILE
 
-TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16}
+TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16, "dropout": 0.0}
 
 
 @pytest.fixture()
