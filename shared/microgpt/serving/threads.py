@@ -71,9 +71,11 @@ class TeamSizer:
         if stale:
             self._wait[key] = min(self.recheck_seconds, 2 * self._wait.get(key, self.recheck_seconds / 32))
         count = self._count[key] = self._count.get(key, 0) + 1
-        if previous is None or stale:  # a re-check replaces the old figure: the load may have changed
+        if previous is None:
             self._seconds[key] = seconds
-        elif count <= WARM_UP_STEPS:  # a team's first steps pay for starting its threads
+        elif count <= WARM_UP_STEPS or (stale and seconds < previous):
+            # A team's first steps pay for starting its threads; a re-check that finds the size
+            # faster than its figure takes over at once (one slow step must not, it is smoothed).
             self._seconds[key] = min(previous, seconds)
         else:
             self._seconds[key] = previous + self.smoothing * (seconds - previous)
