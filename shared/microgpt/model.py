@@ -133,13 +133,22 @@ class Attention(nn.Module):
         groups = nh // self.n_kv_head
         q = q.view(B, self.n_kv_head, groups, T, hs)
         k, v = k[:, :, None], v[:, :, None]  # (B, nkv, 1, S, hs)
-        # Scaling q rather than the scores, and masking in place: two passes fewer over the
-        # (T, S) scores, which dominate this path's memory traffic.
-        scores = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nkv, g, T, S)
-        if mask is None:  # causal: adding a constant -inf bias has no backward pass, masking does
-            scores += causal_bias(T, scores.shape[-1], scores.dtype, q.device)
+        scale = 1.0 / math.sqrt(hs)
+        if mask is None and groups == 1:
+            # Causal, one query head per KV head (training): the scale and a constant -inf bias go
+            # into the product itself (no pass over the (T, S) scores for either, none in backward).
+            S = k.shape[-2]
+            bias = causal_bias(T, S, q.dtype, q.device)
+            scores = torch.baddbmm(bias, q.reshape(-1, T, hs), k.reshape(-1, S, hs).mT, alpha=scale)
+            scores = scores.view(B, self.n_kv_head, 1, T, S)
         else:
-            scores.masked_fill_(~mask[:, :, None], float("-inf"))  # mask (B, 1, T, S)
+            # Scaling q rather than the scores, and masking in place: two passes fewer over the
+            # (T, S) scores, which dominate this path's memory traffic.
+            scores = (q * scale) @ k.transpose(-2, -1)  # (B, nkv, g, T, S)
+            if mask is None:
+                scores += causal_bias(T, scores.shape[-1], scores.dtype, q.device)
+            else:
+                scores.masked_fill_(~mask[:, :, None], float("-inf"))  # mask (B, 1, T, S)
         probs = softmax(scores)
         # In v's dtype first (bf16 under autocast, as the product would cast it anyway): the
         # dropout pass then moves half the bytes of fp32 probabilities.
