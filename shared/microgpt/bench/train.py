@@ -72,9 +72,11 @@ def names_within(cache_dir: Path, work: Path, target_seconds: float = 300.0) -> 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     command += ["-m", "microgpt", "train", "--preset", "names", "--out", str(out)]
     started = time.perf_counter()
-    subprocess.run(
-        command, check=True, env={**os.environ, "MICROGPT_CACHE": str(cache_dir)}, capture_output=True
-    )
+    env = {**os.environ, "MICROGPT_CACHE": str(cache_dir)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:  # the run's own one-line error (rank 0's), not torchrun's report
+        errors = [line for line in done.stderr.splitlines() if line.startswith("microgpt ")]
+        raise OSError(f"the names run exited with code {done.returncode}: {(errors or ['no error line'])[0]}")
     wall = time.perf_counter() - started
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = max(r["step"] for r in records)

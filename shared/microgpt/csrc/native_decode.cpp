@@ -321,13 +321,13 @@ void tile_rows(const Packed& W, int64_t p0, int nb, const Inputs& in, int64_t b0
 
 template <WeightKind K>
 void tile_any(const Packed& W, int64_t p0, int nb, const Inputs& in, int64_t b0, int mb, float (*out)[NB_MAX * LANES]) {
-  static_assert(mb_max(K) <= 4, "tile_any dispatches up to 4 rows");
-  switch (mb) {
-    case 1: return tile_rows<K, 1>(W, p0, nb, in, b0, out);
-    case 2: return tile_rows<K, 2>(W, p0, nb, in, b0, out);
-    case 3: return tile_rows<K, 3>(W, p0, nb, in, b0, out);
-    default:
-      if constexpr (mb_max(K) >= 4) return tile_rows<K, 4>(W, p0, nb, in, b0, out);
+  // Only the row counts this kind's tiles use are compiled (int8: 1 or 2, others: 1 to 4).
+  static_assert(mb_max(K) == 2 || mb_max(K) == 4, "tile_any dispatches 2 or 4 rows");
+  if (mb == 1) return tile_rows<K, 1>(W, p0, nb, in, b0, out);
+  if (mb == 2 || mb_max(K) == 2) return tile_rows<K, 2>(W, p0, nb, in, b0, out);
+  if constexpr (mb_max(K) == 4) {
+    if (mb == 3) return tile_rows<K, 3>(W, p0, nb, in, b0, out);
+    return tile_rows<K, 4>(W, p0, nb, in, b0, out);
   }
 }
 
