@@ -19,21 +19,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.cpp_extension import load
 
-SOURCE = __file__.rsplit("/", 1)[0] + "/csrc/hash_dropout.cpp"
+from microgpt.cpp import build
+
 LANES = 65536  # mask lanes are 16-bit: p is rounded to a multiple of 1/65536
 
 
 @functools.cache
 def extension() -> ModuleType:
     """Compile (once per machine, then cached) and import the kernel."""
-    return load(
-        name="microgpt_hash_dropout",
-        sources=[SOURCE],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],  # at::parallel_for is OpenMP inside
-        extra_ldflags=["-fopenmp"],
-    )
+    return build("microgpt_hash_dropout", "hash_dropout.cpp")
 
 
 def hash_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from microgpt.config import GPTConfig
 from microgpt.dropout import Dropout, dropout
+from microgpt.gelu import gelu_tanh
 from microgpt.kv_cache import KVCache
 
 
@@ -188,7 +189,7 @@ class MLP(nn.Module):
         elif self.kind == "gelu":
             h = F.gelu(h)
         elif self.kind == "gelu_tanh":
-            h = F.gelu(h, approximate="tanh")
+            h = gelu_tanh(h)
         elif self.kind == "relu":
             h = F.relu(h)
         else:  # relu2

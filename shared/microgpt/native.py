@@ -23,30 +23,19 @@ from types import ModuleType
 
 import torch
 from torch import nn
-from torch.utils.cpp_extension import load
 
+from microgpt.cpp import build
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT, Norm
 from microgpt.quantize import Int8Linear, QuantizedEmbedding
 
-SOURCE = __file__.rsplit("/", 1)[0] + "/csrc/native_decode.cpp"
 NORMS = {"layernorm": 0, "rmsnorm": 1}
 MLPS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "relu2": 3, "swiglu": 4}
 
 
 @functools.cache
 def extension() -> ModuleType:
-    """Compile (once per machine, then cached) and import the C++ extension.
-
-    Without trapping math and errno, GCC vectorises the step's floor, rounding and
-    polynomial exp/erf loops; the step never reads floating-point flags or errno.
-    """
-    return load(
-        name="microgpt_native_decode",
-        sources=[SOURCE],
-        extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"],
-        extra_ldflags=["-fopenmp"],
-    )
+    return build("microgpt_native_decode", "native_decode.cpp")
 
 
 def _matrix(module: nn.Module, scales: list[torch.Tensor]) -> torch.Tensor:

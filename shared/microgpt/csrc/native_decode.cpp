@@ -32,6 +32,8 @@
 #include <cstring>
 #include <vector>
 
+#include "fast_math.h"
+
 namespace {
 
 enum NormKind { LAYERNORM = 0, RMSNORM = 1 };
@@ -60,42 +62,6 @@ struct SpinBarrier {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-inline float widen(float v) { return v; }
-inline float widen(uint16_t v) {  // bf16 -> fp32 is a 16-bit shift
-  const uint32_t bits = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-inline void narrow(float v, float* out) { *out = v; }
-inline void narrow(float v, uint16_t* out) {  // fp32 -> bf16, round to nearest even
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  *out = uint16_t(bits >> 16);
-}
-
-// exp and erf in plain arithmetic, so that `omp simd` loops vectorise them (libm's do not):
-// exp by 2^x = 2^floor(x) * p(frac(x)) with a degree-6 polynomial (relative error ~2e-7),
-// erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7).
-inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.f), 88.f);
-  const float t = x * 1.4426950408889634f;
-  const float whole = std::floor(t), f = t - whole;
-  const float p = 1.f + f * (0.6931471825f + f * (0.2402264923f + f * (0.0555040733f +
-                  f * (0.0096183574f + f * (0.0013327543f + f * 0.0001540353f)))));
-  const uint32_t bits = uint32_t(int32_t(whole) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-inline float fast_erf(float x) {
-  const float a = std::fabs(x), t = 1.f / (1.f + 0.3275911f * a);
-  const float y = 1.f - t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f +
-                  t * 1.061405429f)))) * fast_exp(-a * a);
-  return std::copysign(y, x);
-}
-
 constexpr int64_t NO_ACTIVATION = -1;
 
 // The MLP activation of n values in place (SwiGLU: silu(gate) * up), one vectorised loop per kind.
@@ -109,7 +75,7 @@ void activate(float* v, const float* up, int64_t n, int64_t kind) {
 #pragma omp simd
       for (int64_t i = 0; i < n; i++) {
         const float u = 0.7978845608028654f * (v[i] + 0.044715f * v[i] * v[i] * v[i]);
-        v[i] = v[i] / (1.f + fast_exp(-2.f * u));
+        v[i] = v[i] * fast_sigmoid(2.f * u);
       }
       return;
     case RELU:
@@ -122,7 +88,7 @@ void activate(float* v, const float* up, int64_t n, int64_t kind) {
       return;
     case SWIGLU:
 #pragma omp simd
-      for (int64_t i = 0; i < n; i++) v[i] = v[i] / (1.f + fast_exp(-v[i])) * up[i];
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] * fast_sigmoid(v[i]) * up[i];
       return;
     default: return;  // NO_ACTIVATION
   }

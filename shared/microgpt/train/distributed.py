@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from microgpt.train.shared_memory import SharedMemoryAllReduce, usable
+
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -26,6 +28,8 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     owned: bool = False  # this context created the process group, so its cleanup destroys it
+    # Ranks on one CPU host sum through shared memory (gradients and the loop's scalars), not gloo.
+    shared: SharedMemoryAllReduce | None = None
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +64,8 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         return DistContext(), device
     if device.type == "cuda":
         device = torch.device("cuda", local)
-    return DistContext(rank=rank, world_size=world, local_rank=local, owned=owned), device
+    shared = SharedMemoryAllReduce(rank, world) if device.type == "cpu" and usable(world) else None
+    return DistContext(rank=rank, world_size=world, local_rank=local, owned=owned, shared=shared), device
 
 
 def cleanup(ctx: DistContext) -> None:
@@ -77,13 +82,8 @@ def all_sum(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
     """The sum of `value` over all ranks (a new tensor; `value` itself for one process)."""
     if not ctx.active:
         return value
-    out = value.clone()
+    out = value.clone(memory_format=torch.contiguous_format)
+    if ctx.shared is not None:
+        return ctx.shared.all_sum_(out)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
-
-
-def any_rank(ctx: DistContext, flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on any rank, so every rank takes the same branch (e.g. stop)."""
-    if not ctx.active:
-        return flag
-    return bool(all_sum(ctx, torch.tensor(float(flag), device=device)).item() > 0)

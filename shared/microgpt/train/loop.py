@@ -73,7 +73,7 @@ from microgpt.data.manifest import MANIFEST_FILE, TOKENIZER_FILE, check_vocab, r
 from microgpt.data.prepare import prepare_dataset
 from microgpt.model import GPT
 from microgpt.tokenizers import Tokenizer, load_tokenizer
-from microgpt.train.distributed import DistContext, all_sum, any_rank, barrier, cleanup, init_distributed
+from microgpt.train.distributed import DistContext, all_sum, barrier, cleanup, init_distributed
 from microgpt.train.lora import LoRAConfig, adapters_bytes, apply_lora, load_adapters, merge_lora
 from microgpt.zoo import Preset, get_preset
 
@@ -426,6 +426,8 @@ def _train(
     model = fast
     if ctx.active:
         model = DistributedDataParallel(fast, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if ctx.shared is not None:
+            model.register_comm_hook(None, ctx.shared.ddp_hook)
 
     hooks = list(callbacks or []) if ctx.is_main else []
     tokens_this_call = 0
@@ -491,40 +493,44 @@ def _train(
                 log.write(json.dumps(record) + "\n")
                 log.flush()
 
+        saved = True  # nothing to checkpoint before the first step
         while step < tc.max_steps:
-            if any_rank(ctx, _is_set(stop_flag), dev):
+            t0 = time.perf_counter()
+            first = step * tc.grad_accum
+            batches = [trim_padding(*train_batches.get(first + m)) for m in range(tc.grad_accum)]
+            # One collective before the step: whether any rank must stop, and each micro-batch's
+            # token count over all ranks. Each rank's mean is weighed by its share of those tokens,
+            # so DDP's average of gradients is the gradient of the whole batch's mean loss.
+            local = [int(_is_set(stop_flag))] + [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+            stop, *counts = all_sum(ctx, torch.tensor(local, device=dev)).tolist()
+            if stop:
+                if not saved:
+                    checkpoint()
                 stopped = True
                 break
-            t0 = time.perf_counter()
             lr = lr_at(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=dev)
-            tokens = 0
-            for micro in range(tc.grad_accum):
-                x, y = trim_padding(*train_batches.get(step * tc.grad_accum + micro))
-                n = int((y != IGNORE_INDEX).sum())
+            for micro, ((x, y), n_all) in enumerate(zip(batches, counts, strict=True)):
                 last = micro == tc.grad_accum - 1
                 with model.no_sync() if ctx.active and not last else contextlib.nullcontext():
                     with autocast(dev, tc.precision):
                         loss = model(x.to(dev), y.to(dev)).loss
                     if ctx.active:
-                        # Weigh each rank's mean by its share of the batch's tokens, so DDP's
-                        # average of gradients is the gradient of the whole batch's mean loss.
-                        n_all = int(all_sum(ctx, torch.tensor(n, device=dev)).item())
-                        (loss * (n * ctx.world_size / n_all) / tc.grad_accum).backward()
-                        total += all_sum(ctx, loss.detach() * n) / n_all
-                        n = n_all
+                        share = int((y != IGNORE_INDEX).sum()) / n_all
+                        (loss * (share * ctx.world_size / tc.grad_accum)).backward()
+                        total += loss.detach() * share
                     else:
                         (loss / tc.grad_accum).backward()
                         total += loss.detach()
-                tokens += n
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(gpt.parameters(), tc.grad_clip)
             optimizer.step()
             step += 1
-            loss_value = (total / tc.grad_accum).item()
+            loss_value = (all_sum(ctx, total) / tc.grad_accum).item()
+            tokens = sum(counts)
             dt = time.perf_counter() - t0
             losses.append(loss_value)
             tokens_this_call += tokens
@@ -554,7 +560,7 @@ def _train(
             saved = step % interval == 0 or step == tc.max_steps
             if saved:
                 checkpoint()
-            if step < tc.max_steps and (early_stopped or any_rank(ctx, _is_set(stop_flag), dev)):
+            if early_stopped and step < tc.max_steps:
                 if not saved:
                     checkpoint()
                 stopped = True
