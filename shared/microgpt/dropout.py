@@ -23,6 +23,7 @@ from torch import nn
 from microgpt.cpp import build
 
 LANES = 65536  # mask lanes are 16-bit: p is rounded to a multiple of 1/65536
+HASHED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)  # the kernel's; others use torch's
 
 
 @functools.cache
@@ -53,7 +54,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """`F.dropout(x, p, training)`, with hashed masks on the CPU."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or round(p * LANES) >= LANES:
+    if x.device.type != "cpu" or x.dtype not in HASHED_DTYPES or round(p * LANES) >= LANES:
         return F.dropout(x, p, training)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's generator: runs stay seeded
     return _HashDropout.apply(x, p, seed)

@@ -2,12 +2,15 @@
 //
 // torch's CPU bernoulli_ draws one Mersenne-Twister number per element on one stream,
 // which made dropout a quarter of a CPU training step. Here each element's 16-bit draw is
-// a hash of (seed, i), computed in parallel: the same mask for any thread count.
+// a hash of (seed, i), computed in parallel: the same mask for any thread count, applied in
+// the same pass that reads x (one read and one write per element).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <cstring>
 #include <type_traits>
+
+#include "fast_math.h"
 
 static inline uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -27,44 +30,66 @@ static inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// The factor of element i: scale where the top 16 bits of hash(seed, i) >= threshold, else 0
-// (threshold in [0, 65536]). Two keyed rounds, so masks of different seeds are not shifted
-// copies of each other. Written in the activation's dtype, as constants, so no element is
-// converted; ATen's vectorized multiplication then applies it.
+// Whether element i is kept: the top 16 bits of hash(seed, i) >= threshold (threshold in
+// [0, 65536]). Two keyed rounds, so masks of different seeds are not shifted copies of each other.
+static inline bool kept(int64_t i, uint32_t k1, uint32_t k2, uint32_t limit) {
+  const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ k1) + k2 + static_cast<uint32_t>(i >> 32));
+  return (h >> 16) >= limit;
+}
+
+// out[i] = kept(i) ? x[i] * scale : 0 in one pass, where `scale` is already in x's dtype: the
+// same bits as torch's `x * factors` with the factors written out (one rounding per element).
+// T is float, double, or uint16_t holding bf16 bits (fast_math.h's conversions vectorise;
+// c10's do not).
 template <typename T>
-static void fill_factors(T* out, int64_t numel, int64_t threshold, uint64_t key, T scale) {
-  // Stored as raw bits of T's width: a plain integer select, with no float conversion per element.
-  using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
-  static_assert(sizeof(Bits) == sizeof(T));
-  Bits keep_bits;
-  std::memcpy(&keep_bits, &scale, sizeof(T));
-  Bits* bits = reinterpret_cast<Bits*>(out);
+static void drop(const T* x, T* out, int64_t numel, uint64_t key, uint32_t limit, double scale) {
+  using Scale = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const uint32_t k1 = static_cast<uint32_t>(key), k2 = static_cast<uint32_t>(key >> 32);
-  const uint32_t limit = static_cast<uint32_t>(threshold);
   at::parallel_for(0, numel, 1 << 14, [&](int64_t begin, int64_t end) {
-    // Locals, not captures: a store through `bits` could alias a captured Bits, forcing a
+    // Locals, not captures: a store through `out` could alias a captured value, forcing a
     // reload per element and no vectorization (measured: 20x slower).
-    Bits* const dst = bits;
-    const Bits keep = keep_bits;
+    const T* const in = x;
+    T* const dst = out;
     const uint32_t a = k1, b = k2, lim = limit;
+    const Scale s = static_cast<Scale>(scale);
     for (int64_t i = begin; i < end; ++i) {
-      const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ a) + b + static_cast<uint32_t>(i >> 32));
-      dst[i] = (h >> 16) >= lim ? keep : Bits(0);  // all-zero bits are +0.0 in every float type
+      if constexpr (std::is_same_v<T, uint16_t>) {
+        const float v = widen(in[i]) * s;
+        narrow(kept(i, a, b, lim) ? v : 0.f, &dst[i]);
+      } else {
+        dst[i] = kept(i, a, b, lim) ? in[i] * s : T(0);
+      }
     }
   });
 }
 
-// x times its dropout factors. The backward pass calls this on the gradient with the same
-// seed, so the mask is regenerated rather than stored.
-torch::Tensor hash_dropout(const torch::Tensor& x, int64_t threshold, int64_t seed, double scale) {
+// x times its dropout mask and scale. The backward pass calls this on the gradient with the
+// same seed, so the mask is regenerated rather than stored.
+torch::Tensor hash_dropout(const torch::Tensor& input, int64_t threshold, int64_t seed, double scale) {
   TORCH_CHECK(threshold >= 0 && threshold <= 65536, "dropout threshold must be in [0, 65536]");
-  TORCH_CHECK(x.device().is_cpu(), "hash_dropout runs on the CPU");
-  auto factors = torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  TORCH_CHECK(input.device().is_cpu(), "hash_dropout runs on the CPU");
+  const auto x = input.contiguous();
+  auto out = torch::empty_like(x);
   const uint64_t key = splitmix64(static_cast<uint64_t>(seed));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "hash_dropout", [&] {
-    fill_factors<scalar_t>(factors.data_ptr<scalar_t>(), x.numel(), threshold, key, static_cast<scalar_t>(scale));
-  });
-  return x * factors;
+  const uint32_t limit = static_cast<uint32_t>(threshold);
+  const int64_t n = x.numel();
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      drop(x.data_ptr<float>(), out.data_ptr<float>(), n, key, limit, scale);
+      break;
+    case at::kDouble:
+      drop(x.data_ptr<double>(), out.data_ptr<double>(), n, key, limit, scale);
+      break;
+    case at::kBFloat16: {
+      const double rounded = static_cast<float>(static_cast<c10::BFloat16>(scale));  // the factor's bf16 value
+      drop(reinterpret_cast<const uint16_t*>(x.data_ptr()), reinterpret_cast<uint16_t*>(out.data_ptr()), n, key,
+           limit, rounded);
+      break;
+    }
+    default:
+      TORCH_CHECK(false, "hash_dropout takes fp32, fp64 or bf16, not ", x.scalar_type());
+  }
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
