@@ -501,8 +501,9 @@ def _train(
             # One collective before the step: whether any rank must stop, and each micro-batch's
             # token count over all ranks. Each rank's mean is weighed by its share of those tokens,
             # so DDP's average of gradients is the gradient of the whole batch's mean loss.
-            local = [int(_is_set(stop_flag))] + [int((y != IGNORE_INDEX).sum()) for _, y in batches]
-            stop, *counts = all_sum(ctx, torch.tensor(local, device=dev)).tolist()
+            own = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+            local = [int(_is_set(stop_flag)), *own]
+            stop, *counts = all_sum(ctx, torch.tensor(local, device=dev)).tolist() if ctx.active else local
             if stop:
                 if not saved:
                     checkpoint()
@@ -513,13 +514,13 @@ def _train(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=dev)
-            for micro, ((x, y), n_all) in enumerate(zip(batches, counts, strict=True)):
+            for micro, ((x, y), n, n_all) in enumerate(zip(batches, own, counts, strict=True)):
                 last = micro == tc.grad_accum - 1
                 with model.no_sync() if ctx.active and not last else contextlib.nullcontext():
                     with autocast(dev, tc.precision):
                         loss = model(x.to(dev), y.to(dev)).loss
                     if ctx.active:
-                        share = int((y != IGNORE_INDEX).sum()) / n_all
+                        share = n / n_all
                         (loss * (share * ctx.world_size / tc.grad_accum)).backward()
                         total += loss.detach() * share
                     else:
