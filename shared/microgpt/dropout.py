@@ -7,7 +7,8 @@ alone are B x heads x T x T elements per layer). Here a mask is a pure function 
 backward pass rather than stored. The seed is drawn from torch's generator, so a run
 stays a pure function of its seed and resumes exactly. The drop probability is rounded to a multiple
 of 1/65536 (the scale uses the rounded value, so the expectation is unchanged).
-Other devices use `torch.nn.functional.dropout`, whose GPU kernels are fast already.
+Other devices (whose kernels are fast already) and dtypes other than fp32, bf16 and fp64 use
+`torch.nn.functional.dropout`.
 """
 
 from __future__ import annotations

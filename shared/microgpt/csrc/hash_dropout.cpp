@@ -7,7 +7,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#include <cstring>
 #include <type_traits>
 
 #include "fast_math.h"
