@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import torch
 
 from microgpt.config import GPTConfig
@@ -9,7 +12,7 @@ from microgpt.generate import generate
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams
 from microgpt.textgen import TextStream, complete, stream_text
-from microgpt.tokenizers import CharTokenizer
+from microgpt.tokenizers import TOKENIZER_KINDS, CharTokenizer, Tokenizer, train_tokenizer
 
 TOKENIZER = CharTokenizer.train(["abcdefghijklmnopqrstuvwxyz .!"])
 
@@ -43,6 +46,42 @@ def test_a_held_back_prefix_is_released_when_it_does_not_complete() -> None:
 def test_earliest_stop_string_wins() -> None:
     deltas, _ = feed("abc. def!", ["!", "."])
     assert "".join(deltas) == "abc"
+
+
+MIXED_TEXT = [
+    "The quick brown fox jumps over the lazy dog. Don't panic, it's 42!",
+    "Grüße aus Zürich, café crème. 日本語のテキスト 🙂🚀 <|> #@&",
+    "  indented\tline with   spaces\nand a newline",
+]
+
+
+@pytest.fixture(scope="module")
+def every_kind() -> dict[str, Tokenizer]:
+    corpus = [f"{t} {i}" for i in range(20) for t in MIXED_TEXT]
+    return {kind: train_tokenizer(kind, iter(corpus), 300) for kind in TOKENIZER_KINDS}
+
+
+def streamed(tokenizer: Tokenizer, ids: list[int]) -> str:
+    stream = TextStream(tokenizer)
+    return "".join(stream.push(t) for t in ids) + stream.flush()
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_incremental_deltas_add_up_to_decoding_the_whole_output(kind: str, every_kind: dict) -> None:
+    tokenizer = every_kind[kind]
+    rng = random.Random(kind)
+    outputs = [tokenizer.encode(t) for t in MIXED_TEXT]
+    outputs += [[rng.randrange(tokenizer.vocab_size) for _ in range(200)] for _ in range(5)]  # any ids
+    for ids in outputs:
+        assert streamed(tokenizer, ids) == tokenizer.decode(ids)
+
+
+def test_a_character_split_across_byte_tokens_is_held_until_whole(every_kind: dict) -> None:
+    tokenizer = every_kind["byte"]
+    stream = TextStream(tokenizer)
+    ids = tokenizer.encode("é🙂")  # 2 + 4 bytes
+    deltas = [stream.push(t) for t in ids]
+    assert deltas == ["", "é", "", "", "", "🙂"]
 
 
 def make_model() -> GPT:

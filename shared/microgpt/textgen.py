@@ -1,9 +1,13 @@
 """Text on top of the token engine: prompts in, text out, stop strings honoured.
 
-`TextStream` turns one sequence's tokens into text deltas. It decodes the whole
-output each time (so multi-byte characters split across tokens come out whole)
-and holds back any tail that could still become a stop string, so a stop string
-is never streamed, even in part. `complete` and `stream_text` drive
+`TextStream` turns one sequence's tokens into text deltas. It decodes incrementally,
+as vLLM and TGI do: each new token is decoded together with the tokens since the last
+settled point, and the text beyond what those context tokens decode to is the new
+text; it settles once it no longer ends in an unfinished multi-byte character. So a
+token costs a decode of two or three tokens, not of the whole output (which made a
+long stream quadratic), and word-joining decoders (WordPiece's `##`, SentencePiece's
+leading space) still see the token before. Any tail that could still become a stop
+string is held back, so a stop string is never streamed, even in part. `complete` and `stream_text` drive
 `microgpt.generate.Decoder` with it.
 """
 
@@ -25,13 +29,20 @@ class TextStream:
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
         self.ids: list[int] = []
         self.emitted = 0  # characters of the decoded text already handed out
-        self.text = ""
+        self.text = ""  # the decoded output: settled text, then the unsettled tail
         self.stopped = False
+        self._settled = ""  # text no later token can change
+        self._context = self._read = 0  # ids[_context:_read] decode to the end of `_settled`
 
     def push(self, token: int) -> str:
         """Add a token; return the text that is now safe to show."""
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids)
+        known = self.tokenizer.decode(self.ids[self._context : self._read])
+        window = self.tokenizer.decode(self.ids[self._context :])
+        self.text = self._settled + window[len(known) :]
+        if len(window) > len(known) and not window.endswith("\ufffd"):
+            self._settled = self.text
+            self._context, self._read = self._read, len(self.ids)
         for s in self.stop:
             at = self.text.find(s, max(0, self.emitted - len(s)))
             if at != -1:
