@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_native import FAMILIES, make_model  # the same five architecture families
 
-from microgpt.generate import generate
+from microgpt.generate import Decoder, generate
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
 from microgpt.native import NativeDecodeStep
@@ -74,16 +74,27 @@ def test_native_int8_step_matches_the_dequantized_model(family: str, one_thread:
     B, T = 3, model.config.block_size
     idx = torch.randint(0, model.config.vocab_size, (B, T))
     step = NativeDecodeStep(quantized)
-    cache = KVCache(model.config, B)
+    assert step.dtype == torch.bfloat16, "int8 weights decode over a bf16 KV cache"
+    cache, reference_cache = KVCache(model.config, B, dtype=step.dtype), KVCache(model.config, B, dtype=step.dtype)
     live = torch.ones(B, dtype=torch.long)
+
+    def reference_step(t: int) -> torch.Tensor:  # fp32 arithmetic, keys and values stored in bf16
+        logits = reference(idx[:, t : t + 1], kv_cache=reference_cache).logits[:, -1]
+        reference_cache.advance(1)
+        return logits
+
     with torch.inference_mode():
-        expected = reference(idx).logits
+        expected = torch.stack([reference_step(t) for t in range(T)], dim=1)
         got = torch.stack([step(idx[:, t : t + 1].contiguous(), cache, live) for t in range(T)], dim=1)
     spread = (expected.max() - expected.min()).item()
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * spread)
+    # Within 1e-3 of the spread, not 1e-5: a key that differs in its last fp32 bits can round to
+    # the next bf16 value (0.4% apart) in one cache and not in the other.
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-3 * spread)
 
 
 def test_native_int8_generates_the_dequantized_model_tokens(one_thread: None) -> None:
+    """Greedy tokens only: a sampled token can flip where a key rounds to the other bf16 neighbour in
+    one cache (2 rows in 60 over 20 seeds); the native step samples as eager decoding does (test_native)."""
     model = make_model("llama")
     with torch.no_grad():
         for p in model.parameters():
@@ -91,13 +102,20 @@ def test_native_int8_generates_the_dequantized_model_tokens(one_thread: None) ->
                 p.mul_(4.0)  # peaked distributions: rounding differences cannot flip a choice
     quantized = quantize_model(model, "int8")
     reference = dequantized_reference(model, "int8")
-    prompts = [[1, 2, 3], [4], [5, 6]]
-    for params in (
-        SamplingParams(temperature=0.0, max_new_tokens=25),
-        SamplingParams(temperature=0.8, top_k=10, max_new_tokens=25, seed=4),
-    ):
-        native = generate(quantized, prompts, params, backend="native")
-        assert [g.tokens for g in native] == [g.tokens for g in generate(reference, prompts, params)]
+    prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=25)
+    native = generate(quantized, prompts, params, backend="native")
+    assert [g.tokens for g in native] == reference_tokens(reference, prompts, params)
+
+
+def reference_tokens(reference: GPT, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+    """Eager decoding in fp32 over a bf16 KV cache, as the native int8 step keeps it."""
+    decoder = Decoder(reference, prompts, params)
+    fp32 = decoder.cache
+    decoder.cache = KVCache(reference.config, fp32.batch_size, fp32.max_len, dtype=torch.bfloat16)
+    while decoder.step() is not None:
+        pass
+    return [g.tokens for g in decoder.results]
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

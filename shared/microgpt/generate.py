@@ -101,6 +101,15 @@ def activation_device_and_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
     return tensors[0].device, floats[0].dtype if floats else torch.float32
 
 
+def cache_dtype(model: GPT, backend: Backend) -> torch.dtype:
+    """The KV cache's dtype: the native step's own (bf16 for int8 weights), else the activations'."""
+    if backend == "native":
+        from microgpt.native import native_decode_step
+
+        return native_decode_step(model).dtype
+    return activation_device_and_dtype(model)[1]
+
+
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
@@ -141,7 +150,7 @@ class Decoder:
             raise ValueError(f"the {backend} backend needs use_cache=True")
         self.model = model
         self._decode_step = make_decode_step(model, backend)
-        self.device, self.dtype = activation_device_and_dtype(model)
+        self.device, _ = activation_device_and_dtype(model)
         block = model.config.block_size
         self.prompts = [list(prompt) for prompt in prompts]
         self.limits = [
@@ -156,7 +165,8 @@ class Decoder:
         self.cache = None
         if use_cache:
             cache_len = min(block, max(len(pr) + n for pr, n in zip(self.prompts, self.limits)))
-            self.cache = KVCache(model.config, len(prompts), cache_len, device=self.device, dtype=self.dtype)
+            dtype = cache_dtype(model, backend)
+            self.cache = KVCache(model.config, len(prompts), cache_len, device=self.device, dtype=dtype)
         self._logits: torch.Tensor | None = None
         self._live = torch.ones(len(prompts), dtype=torch.long, device=self.device)  # rows still decoding
         for row, limit in enumerate(self.limits):

@@ -71,10 +71,12 @@ class KVCache:
         self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, n_kv_head, T, hs) at `positions`; return the layer's keys and values
-        (B, n_kv_head, window, hs). Positions must lie inside the window."""
-        self.k[layer][self._rows, :, positions] = k.transpose(1, 2)
-        self.v[layer][self._rows, :, positions] = v.transpose(1, 2)
-        return self.k[layer][:, :, : self.window], self.v[layer][:, :, : self.window]
+        (B, n_kv_head, window, hs) in k's dtype (a cache may be narrower than the activations:
+        the native step keeps bf16 for int8 weights). Positions must lie inside the window."""
+        self.k[layer][self._rows, :, positions] = k.transpose(1, 2).to(self.k[layer].dtype)
+        self.v[layer][self._rows, :, positions] = v.transpose(1, 2).to(self.v[layer].dtype)
+        window = slice(None, self.window)
+        return self.k[layer][:, :, window].to(k.dtype), self.v[layer][:, :, window].to(v.dtype)
 
     def advance(self, n_new: torch.Tensor | int) -> None:
         """Commit `n_new` tokens (an int, or one count per row) after a forward pass."""

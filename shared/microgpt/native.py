@@ -5,10 +5,11 @@ A drop-in for `microgpt.generate.decode_step` on CPU: same arguments (token ids
 one C++ call per token instead of dozens of PyTorch ops. One product kernel serves
 a single stream (streaming the fp32, bf16 or int8 weights at memory bandwidth) and a
 batch (each weight loaded once for up to four rows, on the CPU's bf16 and int8
-dot-product instructions). Accumulation is fp32: an fp32 model decodes as PyTorch
+dot-product instructions; int8 weights 16 rows at a time on AMX where the CPU has it). Accumulation is fp32: an fp32 model decodes as PyTorch
 does, to ~1e-5; a bf16 model as torch's bf16 linear layers do (inputs rounded to
-bf16); an int8 model (`microgpt.quantize`, fp32 KV cache) as its dequantized weights
-would, to ~1e-5 (inputs of int8 products are 16-bit fixed point). A row's logits
+bf16); an int8 model (`microgpt.quantize`) as its dequantized weights would, to ~1e-5
+(inputs of int8 products are 16-bit fixed point), but with a bf16 KV cache: at a batch,
+attention streams the cache, which in fp32 would outweigh the int8 weights. A row's logits
 never depend on the other rows of its batch.
 
 The extension is compiled by `torch.utils.cpp_extension` (a C++ compiler and
@@ -75,7 +76,8 @@ class NativeDecodeStep:
                 f"the native step runs fp32 or bf16 (or int8-quantized) weights on CPU, not {what}"
             )
         cfg = model.config
-        self.dtype = torch.float32 if int8 else weight.dtype  # of the KV cache
+        # The KV cache's dtype: the weights', bf16 for int8 weights (as llama.cpp keeps f16 for Q8_0).
+        self.dtype = torch.bfloat16 if int8 else weight.dtype
         scales: list[torch.Tensor] = []  # int8 only: qkv, proj, fc, mlp proj per layer; then wte, lm_head
         shape = [
             cfg.n_layer, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.n_embd, cfg.hidden_size, cfg.vocab_size,
@@ -95,7 +97,7 @@ class NativeDecodeStep:
         rope = cfg.position == "rope"
         globals_ = [
             _matrix(model.wte, scales),
-            _vector(None).to(self.dtype) if rope else _matrix(model.wpe, []),
+            _vector(None) if rope else _matrix(model.wpe, []),
             _vector(model.rope_cos if rope else None),
             _vector(model.rope_sin if rope else None),
             *_norm(model.embed_norm),

@@ -11,7 +11,9 @@
 //   microgpt/quantize.py) stream half the bytes of bf16: each input is turned into 16-bit
 //   fixed point (one scale per vector, error <= 2^-16 of its largest entry) split into a high
 //   and a low byte, so a product is exact integer arithmetic on `vpdpbusd` (two per 64
-//   weights) and equals what fp32 arithmetic on the int8 weights gives to ~1e-5;
+//   weights) and equals what fp32 arithmetic on the int8 weights gives to ~1e-5; on a CPU with
+//   AMX, a batch of rows runs the same integer sums on the tile unit (16 rows at a time, the
+//   panels' lines are already AMX's int8 weight layout), which gives the same bits faster;
 // - a row's result never depends on the other rows of its batch (batched == single, bit for bit);
 // - one OpenMP parallel region covers the whole step (threads meet at spinning barriers,
 //   they are not forked per product), the MLP activation is applied as products are stored,
@@ -24,6 +26,10 @@
 #include <omp.h>
 
 #include <sched.h>
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -144,7 +150,9 @@ struct Inputs {
   std::vector<float> scale;
   int64_t stride = 0;  // words per row
 
-  Inputs(int64_t B, int64_t max_k, bool int8) : words(B * max_k), low(int8 ? B * max_k : 0), scale(B), stride(max_k) {}
+  // Rows are allocated in whole tiles of 16, so a tile load of the last rows stays in bounds.
+  Inputs(int64_t B, int64_t max_k, bool int8)
+      : words(round_up(B, 16) * max_k), low(int8 ? round_up(B, 16) * max_k : 0), scale(B), stride(max_k) {}
 
   void prepare(const Packed& W, const float* x, int64_t b) {
     uint32_t* out = &words[b * stride];
@@ -175,6 +183,104 @@ struct Inputs {
   }
 };
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+// The 16 outputs of panel p of an int8 product from its exact integer sums over the high and the
+// low input bytes: the dot, then the two scales. Both int8 paths end here, so they agree bit for bit.
+inline void i8_finish(const Packed& W, int64_t p, __m512i acc_hi, __m512i acc_lo, float in_scale, float* out) {
+  const __m512i sums = _mm512_loadu_si512(W.row_sums.data_ptr<int32_t>() + p * LANES);
+  const __m512 w_scale = _mm512_loadu_ps(W.scales.data_ptr<float>() + p * LANES);
+  // 256 * (hi - 128 * sums) + lo overflows int32 for long rows: it is formed in fp64.
+  const __m512i high = _mm512_sub_epi32(acc_hi, _mm512_slli_epi32(sums, 7));
+  const __m512 s = _mm512_mul_ps(w_scale, _mm512_set1_ps(in_scale));
+  for (int half = 0; half < 2; half++) {
+    const __m256i h = half ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high);
+    const __m256i l = half ? _mm512_extracti64x4_epi64(acc_lo, 1) : _mm512_castsi512_si256(acc_lo);
+    const __m512d dot = _mm512_fmadd_pd(_mm512_set1_pd(256.0), _mm512_cvtepi32_pd(h), _mm512_cvtepi32_pd(l));
+    const __m256 sc = half ? _mm512_extractf32x8_ps(s, 1) : _mm512_castps512_ps256(s);
+    _mm256_storeu_ps(out + half * 8, _mm512_cvtpd_ps(_mm512_mul_pd(dot, _mm512_cvtps_pd(sc))));
+  }
+}
+#endif
+
+constexpr int AMX_ROWS = 16;      // input rows per tile
+constexpr int64_t AMX_LINES = 16;  // panel lines (64 k values) per weight tile
+constexpr int AMX_PANELS = 2;     // panels per pass: 2 x (high, low) sums + 2 input + 2 weight tiles
+constexpr int64_t AMX_MIN_BATCH = 4;  // below, the AVX-512 tiles are as fast (measured)
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+// AMX: 8 tile registers of up to 16 rows x 64 bytes; `tdpbusd` adds the int32 sums of a 16 x 64
+// tile of unsigned input bytes times a (64 k) x (16 outputs) tile of signed weight bytes, stored
+// as 16 lines of 16 outputs x 4 k values: exactly a panel's lines. Linux hands the tile state to
+// a process only once asked (arch_prctl), and each thread loads the tile shapes before use.
+
+bool amx_permitted() {
+  constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  static const bool permitted = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+  return permitted;
+}
+
+void amx_configure() {
+  struct {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t bytes_per_row[16] = {};
+    uint8_t rows[16] = {};
+  } config;
+  for (int t = 0; t < 8; t++) config.bytes_per_row[t] = 64, config.rows[t] = AMX_ROWS;
+  _tile_loadconfig(&config);
+}
+
+// The products of NB panels (from p0) with 16 input rows (from b0) into out[i][j * 16 + lane]:
+// the same integer sums as `tile`, on the tile unit. Rows past the batch are computed and ignored.
+template <int NB>
+void amx_tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
+  const char* panel = static_cast<const char*>(W.data.data_ptr()) + p0 * W.steps * 64;
+  const uint32_t *hi = &in.words[b0 * in.stride], *lo = &in.low[b0 * in.stride];
+  const int64_t row_bytes = in.stride * 4;
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (NB == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t s = 0; s < W.steps; s += AMX_LINES) {
+    _tile_loadd(4, hi + s, row_bytes);
+    _tile_loadd(5, lo + s, row_bytes);
+    _tile_loadd(6, panel + s * 64, 64);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 5, 6);
+    if constexpr (NB == 2) {
+      _tile_loadd(7, panel + (W.steps + s) * 64, 64);
+      _tile_dpbusd(2, 4, 7);
+      _tile_dpbusd(3, 5, 7);
+    }
+  }
+  alignas(64) int32_t sums[2 * NB][AMX_ROWS][LANES];
+  _tile_stored(0, sums[0], 64);
+  _tile_stored(1, sums[1], 64);
+  if constexpr (NB == 2) {
+    _tile_stored(2, sums[2], 64);
+    _tile_stored(3, sums[3], 64);
+  }
+  for (int j = 0; j < NB; j++) {
+    for (int i = 0; i < AMX_ROWS && b0 + i < int64_t(in.scale.size()); i++) {
+      i8_finish(W, p0 + j, _mm512_load_si512(sums[2 * j][i]), _mm512_load_si512(sums[2 * j + 1][i]), in.scale[b0 + i],
+                &out[i][j * LANES]);
+    }
+  }
+}
+#endif
+
+// Whether a product of B rows runs on AMX: int8 weights whose rows are whole weight tiles, a
+// batch (one row streams the weights either way), and a CPU and kernel that allow it.
+bool on_amx(const Packed& W, int64_t B) {
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+  return W.kind == I8 && B >= AMX_MIN_BATCH && W.steps % AMX_LINES == 0 && amx_permitted();
+#else
+  (void)W, (void)B;
+  return false;
+#endif
+}
+
 // One tile: the products of NB panels (16 * NB outputs, from panel p0) with MB input rows
 // (from row b0), written to out[i][j * 16 + lane] in fp32 (bias and activation not applied).
 // Each weight line is loaded once for all MB rows, which is what makes a batch cheaper than
@@ -204,22 +310,8 @@ void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out
         }
       }
     }
-    for (int j = 0; j < NB; j++) {  // exact integer dot, then the two scales
-      const __m512i sums = _mm512_loadu_si512(W.row_sums.data_ptr<int32_t>() + (p0 + j) * LANES);
-      const __m512 w_scale = _mm512_loadu_ps(W.scales.data_ptr<float>() + (p0 + j) * LANES);
-      for (int i = 0; i < MB; i++) {
-        // 256 * (hi - 128 * sums) + lo overflows int32 for long rows: it is formed in fp64.
-        const __m512i high = _mm512_sub_epi32(acc_hi[i][j], _mm512_slli_epi32(sums, 7));
-        const __m512 s = _mm512_mul_ps(w_scale, _mm512_set1_ps(in.scale[b0 + i]));
-        for (int half = 0; half < 2; half++) {
-          const __m256i h = half ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high);
-          const __m256i l = half ? _mm512_extracti64x4_epi64(acc_lo[i][j], 1) : _mm512_castsi512_si256(acc_lo[i][j]);
-          const __m512d dot = _mm512_fmadd_pd(_mm512_set1_pd(256.0), _mm512_cvtepi32_pd(h), _mm512_cvtepi32_pd(l));
-          const __m256 sc = half ? _mm512_extractf32x8_ps(s, 1) : _mm512_castps512_ps256(s);
-          _mm256_storeu_ps(&out[i][j * LANES + half * 8], _mm512_cvtpd_ps(_mm512_mul_pd(dot, _mm512_cvtps_pd(sc))));
-        }
-      }
-    }
+    for (int j = 0; j < NB; j++)
+      for (int i = 0; i < MB; i++) i8_finish(W, p0 + j, acc_hi[i][j], acc_lo[i][j], in.scale[b0 + i], &out[i][j * LANES]);
   } else {
     __m512 acc[MB][NB];
     for (int i = 0; i < MB; i++)
@@ -314,16 +406,27 @@ void product(SpinBarrier& sync, Inputs& in, const Packed& W, const float* bias, 
 #pragma omp for schedule(static) nowait
   for (int64_t b = 0; b < B; b++) in.prepare(W, x + b * x_stride, b);
   sync.wait();
-  const int mb = mb_max(W.kind);
-  float v[4][NB_MAX * LANES], u[4][NB_MAX * LANES];
+  const bool amx = on_amx(W, B) && (!up || on_amx(*up, B));
+  // Rows and panels per tile, and the tile function for a run-time count of each.
+  const int mb = amx ? AMX_ROWS : mb_max(W.kind), panels = amx ? AMX_PANELS : NB_MAX;
+  const auto products = [&](const Packed& M, int64_t p0, int nb, int64_t b0, int rows, float (*v)[NB_MAX * LANES]) {
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+    if (amx) return nb == 1 ? amx_tile<1>(M, p0, in, b0, v) : amx_tile<2>(M, p0, in, b0, v);
+#endif
+    tile_of(M, p0, nb, in, b0, rows, v);
+  };
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+  if (amx) amx_configure();
+#endif
+  float v[AMX_ROWS][NB_MAX * LANES], u[AMX_ROWS][NB_MAX * LANES];
 #pragma omp for schedule(static) nowait
-  for (int64_t p0 = 0; p0 < W.panels; p0 += NB_MAX) {
-    const int nb = int(std::min<int64_t>(NB_MAX, W.panels - p0));
+  for (int64_t p0 = 0; p0 < W.panels; p0 += panels) {
+    const int nb = int(std::min<int64_t>(panels, W.panels - p0));
     const int64_t n0 = p0 * LANES, width = std::min(nb * LANES, W.n - n0);
     for (int64_t b0 = 0; b0 < B; b0 += mb) {
       const int rows = int(std::min<int64_t>(mb, B - b0));
-      tile_of(W, p0, nb, in, b0, rows, v);
-      if (up) tile_of(*up, p0, nb, in, b0, rows, u);
+      products(W, p0, nb, b0, rows, v);
+      if (up) products(*up, p0, nb, b0, rows, u);
       for (int i = 0; i < rows; i++) {
         if (bias) {
 #pragma omp simd
@@ -340,6 +443,9 @@ void product(SpinBarrier& sync, Inputs& in, const Packed& W, const float* bias, 
       }
     }
   }
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+  if (amx) _tile_release();  // a thread holding no tiles saves and restores less on a context switch
+#endif
   sync.wait();
 }
 
@@ -372,6 +478,17 @@ void rope(float* x, const float* cos, const float* sin, int64_t hs) {
 }
 
 const float* f32_or_null(const torch::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+
+// out = (or, with add, +=) row r of an fp32 or bf16 table of width C.
+void table_row(const torch::Tensor& table, int64_t r, int64_t C, float* out, bool add) {
+  if (table.scalar_type() == torch::kBFloat16) {
+    const uint16_t* row = reinterpret_cast<const uint16_t*>(table.data_ptr()) + r * C;
+    for (int64_t i = 0; i < C; i++) out[i] = widen(row[i]) + (add ? out[i] : 0.f);
+  } else {
+    const float* row = table.data_ptr<float>() + r * C;
+    for (int64_t i = 0; i < C; i++) out[i] = row[i] + (add ? out[i] : 0.f);
+  }
+}
 
 // exp(s - max) in place; returns their sum.
 inline float softmax_in_place(float* scores, int64_t n) {
@@ -489,7 +606,7 @@ class NativeModel {
   // `layers`: 16 tensors per layer in the order of microgpt/native.py; `globals`: wte, wpe,
   // rope cos, rope sin, embed-norm gain and bias, final-norm gain and bias, lm_head.
   // `scales`: empty for fp32/bf16 weights; for int8 weights the fp32 per-row scales of qkv, proj,
-  // fc and mlp proj of every layer, then of wte and lm_head (the KV cache is then fp32).
+  // fc and mlp proj of every layer, then of wte and lm_head (the KV cache is then bf16).
   NativeModel(const std::vector<torch::Tensor>& layers, const std::vector<torch::Tensor>& globals,
               const std::vector<torch::Tensor>& scales, const std::vector<int64_t>& ints, double eps) {
     TORCH_CHECK(ints.size() == 13, "expected 13 shape integers");
@@ -500,7 +617,9 @@ class NativeModel {
     const bool int8 = !scales.empty();
     TORCH_CHECK(!int8 || int64_t(scales.size()) == n_layer_ * 4 + 2, "expected 4 scales per layer and 2 more");
     TORCH_CHECK(int8 == (globals[0].scalar_type() == torch::kChar), "scales come with int8 weights only");
-    dtype_ = int8 ? torch::kFloat32 : globals[0].scalar_type();
+    // The KV cache: the weights' dtype, bf16 for int8 weights (as llama.cpp keeps f16 for Q8_0): a
+    // batch's attention streams the cache, which in fp32 would outweigh the int8 weights.
+    dtype_ = int8 ? torch::kBFloat16 : globals[0].scalar_type();
     TORCH_CHECK(dtype_ == torch::kFloat32 || dtype_ == torch::kBFloat16, "weights must be fp32, bf16 or int8");
     const auto scale = [&](int64_t i) { return int8 ? scales[i] : torch::Tensor(); };
     for (int64_t l = 0; l < n_layer_; l++) {
@@ -539,7 +658,7 @@ class NativeModel {
     for (const auto* caches : {&k_cache, &v_cache}) {
       for (const auto& cache : *caches) {
         TORCH_CHECK(cache.is_contiguous() && cache.scalar_type() == dtype_ && cache.size(0) == tokens.numel(),
-                    "caches must be contiguous (B, n_kv_head, L, head_size) in the weights' dtype");
+                    "caches must be contiguous (B, n_kv_head, L, head_size) in the step's cache dtype");
       }
     }
     const auto tok = tokens.contiguous(), pos = positions.contiguous();
@@ -570,15 +689,14 @@ class NativeModel {
       std::vector<float> scores;
 #pragma omp for schedule(static) nowait
       for (int64_t b = 0; b < B; b++) {  // token (+ learned position) embedding
-        const T* pe = wpe_.numel() ? reinterpret_cast<const T*>(wpe_.data_ptr()) + pos[b] * C : nullptr;
         if (wte_scales_.defined()) {
           const int8_t* te = reinterpret_cast<const int8_t*>(wte_.data_ptr()) + tok[b] * C;
           const float s = wte_scales_.data_ptr<float>()[tok[b]];
-          for (int64_t i = 0; i < C; i++) x[b * C + i] = float(te[i]) * s + (pe ? widen(pe[i]) : 0.f);
+          for (int64_t i = 0; i < C; i++) x[b * C + i] = float(te[i]) * s;
         } else {
-          const T* te = reinterpret_cast<const T*>(wte_.data_ptr()) + tok[b] * C;
-          for (int64_t i = 0; i < C; i++) x[b * C + i] = widen(te[i]) + (pe ? widen(pe[i]) : 0.f);
+          table_row(wte_, tok[b], C, &x[b * C], false);
         }
+        if (wpe_.numel()) table_row(wpe_, pos[b], C, &x[b * C], true);
         if (embed_norm_) norm(&x[b * C], &x[b * C], C, norm_, eps_, f32_or_null(embed_gain_), f32_or_null(embed_bias_));
       }
       sync.wait();

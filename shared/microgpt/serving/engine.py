@@ -51,7 +51,7 @@ from typing import Literal
 
 import torch
 
-from microgpt.generate import Backend, activation_device_and_dtype, make_decode_step
+from microgpt.generate import Backend, activation_device_and_dtype, cache_dtype, make_decode_step
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams, SequenceSampler, token_logprobs
@@ -286,13 +286,13 @@ class BatchEngine:
         self.config = model.config
         self.name = name
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.device, self.dtype = activation_device_and_dtype(model)
+        self.device, _ = activation_device_and_dtype(model)
         self.backend = resolve_backend(model, backend)
         self.feed_tokens = feed_tokens if self.backend == "native" else 0
         # The native step's team: 1 or `threads` (default torch's count), whichever is faster now.
         self._team = TeamSizer(threads or torch.get_num_threads()) if self.backend == "native" else None
         self._decode_step = make_decode_step(model, self.backend)
-        self.cache = KVCache(self.config, max_batch, device=self.device, dtype=self.dtype)
+        self.cache = KVCache(self.config, max_batch, device=self.device, dtype=cache_dtype(model, self.backend))
         self._rows: list[_Row] = []
         self._view: KVCache | None = None  # `_rows_view` of the active rows, kept while their count holds
         self._live = torch.ones(0, dtype=torch.long)
