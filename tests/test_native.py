@@ -110,6 +110,27 @@ def test_a_batch_row_gets_the_logits_it_gets_alone(family: str, precision: str) 
         assert torch.equal(batched[row], last_logits(idx[row : row + 1])[0])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_the_logits_do_not_depend_on_the_team_size(precision: str) -> None:
+    """Any thread may take any item of a step's phases (csrc/team.h), and a team larger than the
+    machine's cores (threads the OS puts aside, workers that join a step late) still finishes
+    every step: 2, 3 and 5 threads give one thread's bits."""
+    model = make_model("nanogpt")
+    model = quantize_model(model, "int8") if precision == "int8" else model.to(FLOAT_DTYPES[precision])
+    step = NativeDecodeStep(model)
+    idx = torch.randint(0, model.config.vocab_size, (7, 6))
+
+    def logits(threads: int) -> torch.Tensor:
+        cache = KVCache(model.config, len(idx), dtype=step.dtype)
+        live = torch.ones(len(idx), dtype=torch.long)
+        with torch.inference_mode():
+            return torch.stack([step(idx[:, t : t + 1].contiguous(), cache, live, threads) for t in range(6)])
+
+    alone = logits(1)
+    for threads in (2, 3, 5):
+        assert torch.equal(logits(threads), alone)
+
+
 def test_native_backend_generates_the_eager_tokens() -> None:
     model = make_model("llama")
     with torch.no_grad():

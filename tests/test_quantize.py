@@ -75,7 +75,8 @@ def test_native_int8_step_matches_the_dequantized_model(family: str, one_thread:
     idx = torch.randint(0, model.config.vocab_size, (B, T))
     step = NativeDecodeStep(quantized)
     assert step.dtype == torch.bfloat16, "int8 weights decode over a bf16 KV cache"
-    cache, reference_cache = KVCache(model.config, B, dtype=step.dtype), KVCache(model.config, B, dtype=step.dtype)
+    cache = KVCache(model.config, B, dtype=step.dtype)
+    reference_cache = KVCache(model.config, B, dtype=step.dtype)
     live = torch.ones(B, dtype=torch.long)
 
     def reference_step(t: int) -> torch.Tensor:  # fp32 arithmetic, keys and values stored in bf16

@@ -5,7 +5,8 @@ A drop-in for `microgpt.generate.decode_step` on CPU: same arguments (token ids
 one C++ call per token instead of dozens of PyTorch ops. One product kernel serves
 a single stream (streaming the fp32, bf16 or int8 weights at memory bandwidth) and a
 batch (each weight loaded once for up to four rows, on the CPU's bf16 and int8
-dot-product instructions; int8 weights 16 rows at a time on AMX where the CPU has it). Accumulation is fp32: an fp32 model decodes as PyTorch
+dot-product instructions; on a CPU with AMX, bf16 weights at every batch size and int8
+weights 16 rows at a time run on its tile unit). Accumulation is fp32: an fp32 model decodes as PyTorch
 does, to ~1e-5; a bf16 model as torch's bf16 linear layers do (inputs rounded to
 bf16); an int8 model (`microgpt.quantize`) as its dequantized weights would, to ~1e-5
 (inputs of int8 products are 16-bit fixed point), but with a bf16 KV cache: at a batch,
@@ -111,7 +112,7 @@ class NativeDecodeStep:
     def __call__(
         self, idx: torch.Tensor, cache: KVCache, live: torch.Tensor, threads: int | None = None
     ) -> torch.Tensor:
-        """`threads`: the step's OpenMP team (default: torch's intra-op thread count)."""
+        """`threads`: the step's team of threads (default: torch's intra-op thread count)."""
         if cache.k[0].dtype != self.dtype:
             raise ValueError(f"the KV cache is {cache.k[0].dtype} but the weights are {self.dtype}")
         logits = self._native.step(idx.reshape(-1), cache.lengths, cache.k, cache.v, threads or 0)

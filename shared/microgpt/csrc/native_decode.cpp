@@ -14,19 +14,24 @@
 //   weights) and equals what fp32 arithmetic on the int8 weights gives to ~1e-5; on a CPU with
 //   AMX, a batch of rows runs the same integer sums on the tile unit (16 rows at a time, the
 //   panels' lines are already AMX's int8 weight layout), which gives the same bits faster;
+//   bf16 products run on AMX's `tdpbf16ps` at every batch size (the panels' lines are its bf16
+//   weight layout too), so a row's bits do not depend on how many rows run beside it;
 // - a row's result never depends on the other rows of its batch (batched == single, bit for bit);
-// - one OpenMP parallel region covers the whole step (threads meet at spinning barriers,
-//   they are not forked per product), the MLP activation is applied as products are stored,
-//   and nothing returns to Python between layers.
+// - one job of the calling thread's own team (team.h: workers that stay awake between steps)
+//   covers the whole step in phases whose items any thread may take, so a thread the OS puts
+//   aside does not stall the others; the MLP activation is applied as products are stored, and
+//   nothing returns to Python between layers;
+// - attention streams each row's KV cache once per step (a batch's caches do not fit in cache):
+//   bf16 rows are widened 32 values at a time and rows are prefetched ahead.
 // Built at first use by microgpt/native.py with the machine's own instruction set.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <omp.h>
 
 #include <sched.h>
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__)
+#define MICROGPT_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -36,35 +41,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fast_math.h"
+#include "team.h"
 
 namespace {
 
 enum NormKind { LAYERNORM = 0, RMSNORM = 1 };
 enum MlpKind { GELU = 0, GELU_TANH = 1, RELU = 2, RELU2 = 3, SWIGLU = 4 };
-
-// The step's threads meet at this barrier, not at OpenMP's: libgomp's barriers sleep in futexes
-// (tens of microseconds a wake-up) as soon as the process holds more OpenMP threads than cores,
-// which a serving process does (every thread that ran a parallel torch op keeps its own pool).
-// A waiter spins briefly, then yields its core, so other threads (the server's) still run.
-struct SpinBarrier {
-  std::atomic<int> threads{0}, arrived{0}, phase{0};
-
-  void wait() {
-    const int p = phase.load(std::memory_order_acquire);
-    if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == threads.load(std::memory_order_relaxed)) {
-      arrived.store(0, std::memory_order_relaxed);
-      phase.store(p + 1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; phase.load(std::memory_order_acquire) == p; spins++) {
-      if (spins < 4000) _mm_pause();
-      else sched_yield();
-    }
-  }
-};
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -119,6 +105,10 @@ struct Packed {
   torch::Tensor data, scales, row_sums;
   WeightKind kind = F32;
   int64_t n = 0, k = 0, panels = 0, steps = 0;
+  // The tensors' memory, read in the innermost loops (a tensor's data_ptr checks its type each call).
+  const char* lines = nullptr;
+  const float* scale = nullptr;
+  const int32_t* sums = nullptr;
 
   static Packed from(const torch::Tensor& w, const torch::Tensor& scales) {
     const WeightKind kind = w.scalar_type() == torch::kChar       ? I8
@@ -136,7 +126,10 @@ struct Packed {
       p.scales = torch::zeros({np}, torch::kFloat32);
       p.scales.narrow(0, 0, n).copy_(scales);
       p.row_sums = padded.to(torch::kInt).sum(1, false, torch::kInt).contiguous();
+      p.scale = p.scales.data_ptr<float>();
+      p.sums = p.row_sums.data_ptr<int32_t>();
     }
+    p.lines = static_cast<const char*>(p.data.data_ptr());
     return p;
   }
 };
@@ -151,8 +144,12 @@ struct Inputs {
   int64_t stride = 0;  // words per row
 
   // Rows are allocated in whole tiles of 16, so a tile load of the last rows stays in bounds.
-  Inputs(int64_t B, int64_t max_k, bool int8)
-      : words(round_up(B, 16) * max_k), low(int8 ? round_up(B, 16) * max_k : 0), scale(B), stride(max_k) {}
+  void fit(int64_t B, int64_t max_k, bool int8) {
+    words.resize(round_up(B, 16) * max_k);
+    low.resize(int8 ? round_up(B, 16) * max_k : 0);
+    scale.resize(B);
+    stride = max_k;
+  }
 
   void prepare(const Packed& W, const float* x, int64_t b) {
     uint32_t* out = &words[b * stride];
@@ -187,8 +184,8 @@ struct Inputs {
 // The 16 outputs of panel p of an int8 product from its exact integer sums over the high and the
 // low input bytes: the dot, then the two scales. Both int8 paths end here, so they agree bit for bit.
 inline void i8_finish(const Packed& W, int64_t p, __m512i acc_hi, __m512i acc_lo, float in_scale, float* out) {
-  const __m512i sums = _mm512_loadu_si512(W.row_sums.data_ptr<int32_t>() + p * LANES);
-  const __m512 w_scale = _mm512_loadu_ps(W.scales.data_ptr<float>() + p * LANES);
+  const __m512i sums = _mm512_loadu_si512(W.sums + p * LANES);
+  const __m512 w_scale = _mm512_loadu_ps(W.scale + p * LANES);
   // 256 * (hi - 128 * sums) + lo overflows int32 for long rows: it is formed in fp64.
   const __m512i high = _mm512_sub_epi32(acc_hi, _mm512_slli_epi32(sums, 7));
   const __m512 s = _mm512_mul_ps(w_scale, _mm512_set1_ps(in_scale));
@@ -204,14 +201,16 @@ inline void i8_finish(const Packed& W, int64_t p, __m512i acc_hi, __m512i acc_lo
 
 constexpr int AMX_ROWS = 16;      // input rows per tile
 constexpr int64_t AMX_LINES = 16;  // panel lines (64 k values) per weight tile
-constexpr int AMX_PANELS = 2;     // panels per pass: 2 x (high, low) sums + 2 input + 2 weight tiles
-constexpr int64_t AMX_MIN_BATCH = 4;  // below, the AVX-512 tiles are as fast (measured)
+constexpr int AMX_PANELS = 2;     // int8 panels per pass: 2 x (high, low) sums + 2 input + 2 weight tiles
+constexpr int64_t AMX_MIN_BATCH = 4;  // int8: below, the AVX-512 tiles are as fast (measured)
 
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#if MICROGPT_AMX
 // AMX: 8 tile registers of up to 16 rows x 64 bytes; `tdpbusd` adds the int32 sums of a 16 x 64
 // tile of unsigned input bytes times a (64 k) x (16 outputs) tile of signed weight bytes, stored
 // as 16 lines of 16 outputs x 4 k values: exactly a panel's lines. Linux hands the tile state to
 // a process only once asked (arch_prctl), and each thread loads the tile shapes before use.
+// Tiles 0-5 hold sums and inputs, 16 rows or the batch's rows if fewer (a short batch costs the
+// tile unit less); tiles 6 and 7 hold weights.
 
 bool amx_permitted() {
   constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
@@ -219,13 +218,16 @@ bool amx_permitted() {
   return permitted;
 }
 
-void amx_configure() {
+void amx_configure(int64_t B) {
   struct {
     uint8_t palette = 1, start_row = 0, reserved[14] = {};
     uint16_t bytes_per_row[16] = {};
     uint8_t rows[16] = {};
   } config;
-  for (int t = 0; t < 8; t++) config.bytes_per_row[t] = 64, config.rows[t] = AMX_ROWS;
+  for (int t = 0; t < 8; t++) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = t < 6 ? uint8_t(std::min<int64_t>(B, AMX_ROWS)) : AMX_ROWS;
+  }
   _tile_loadconfig(&config);
 }
 
@@ -233,7 +235,7 @@ void amx_configure() {
 // the same integer sums as `tile`, on the tile unit. Rows past the batch are computed and ignored.
 template <int NB>
 void amx_tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
-  const char* panel = static_cast<const char*>(W.data.data_ptr()) + p0 * W.steps * 64;
+  const char* panel = W.lines + p0 * W.steps * 64;
   const uint32_t *hi = &in.words[b0 * in.stride], *lo = &in.low[b0 * in.stride];
   const int64_t row_bytes = in.stride * 4;
   _tile_zero(0);
@@ -268,13 +270,53 @@ void amx_tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (
     }
   }
 }
+
+// The products of NB (up to 4) panels (from p0) with 16 bf16 input rows (from b0), into
+// out[i][j * 16 + lane]: 4 sums + 1 input + 2 weight tiles, a weight tile loaded while the
+// other one multiplies. Rows past the batch are computed and ignored.
+template <int NB>
+void amx_bf16_tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
+  static_assert(NB >= 1 && NB <= NB_MAX, "up to four panels");
+  const char* panel = W.lines + p0 * W.steps * 64;
+  const uint32_t* x = &in.words[b0 * in.stride];
+  const int64_t row_bytes = in.stride * 4, panel_bytes = W.steps * 64;
+  _tile_zero(0);
+  if constexpr (NB > 1) _tile_zero(1);
+  if constexpr (NB > 2) _tile_zero(2);
+  if constexpr (NB > 3) _tile_zero(3);
+  for (int64_t s = 0; s < W.steps; s += AMX_LINES) {
+    const char* lines = panel + s * 64;
+    _tile_loadd(4, x + s, row_bytes);
+    _tile_loadd(6, lines, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NB > 1) {
+      _tile_loadd(7, lines + panel_bytes, 64);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if constexpr (NB > 2) {
+      _tile_loadd(6, lines + 2 * panel_bytes, 64);
+      _tile_dpbf16ps(2, 4, 6);
+    }
+    if constexpr (NB > 3) {
+      _tile_loadd(7, lines + 3 * panel_bytes, 64);
+      _tile_dpbf16ps(3, 4, 7);
+    }
+  }
+  constexpr int64_t out_bytes = NB_MAX * LANES * sizeof(float);
+  _tile_stored(0, out[0], out_bytes);
+  if constexpr (NB > 1) _tile_stored(1, out[0] + LANES, out_bytes);
+  if constexpr (NB > 2) _tile_stored(2, out[0] + 2 * LANES, out_bytes);
+  if constexpr (NB > 3) _tile_stored(3, out[0] + 3 * LANES, out_bytes);
+}
 #endif
 
-// Whether a product of B rows runs on AMX: int8 weights whose rows are whole weight tiles, a
-// batch (one row streams the weights either way), and a CPU and kernel that allow it.
+// Whether a product of B rows runs on AMX: a CPU and kernel that allow it, rows of whole weight
+// tiles, and bf16 weights, or int8 weights and a batch (one row streams them either way; both
+// int8 paths give the same bits).
 bool on_amx(const Packed& W, int64_t B) {
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
-  return W.kind == I8 && B >= AMX_MIN_BATCH && W.steps % AMX_LINES == 0 && amx_permitted();
+#if MICROGPT_AMX
+  if (W.steps % AMX_LINES != 0 || !amx_permitted()) return false;
+  return W.kind == BF16 || (W.kind == I8 && B >= AMX_MIN_BATCH);
 #else
   (void)W, (void)B;
   return false;
@@ -289,7 +331,7 @@ template <WeightKind K, int MB, int NB>
 void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
   const int64_t steps = W.steps;
   const char* panel[NB];
-  for (int j = 0; j < NB; j++) panel[j] = static_cast<const char*>(W.data.data_ptr()) + (p0 + j) * steps * 64;
+  for (int j = 0; j < NB; j++) panel[j] = W.lines + (p0 + j) * steps * 64;
   const uint32_t* x[MB];
   for (int i = 0; i < MB; i++) x[i] = &in.words[(b0 + i) * in.stride];
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
@@ -357,7 +399,7 @@ void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out
         }
         if constexpr (K == I8) {
           const int64_t o = (p0 + j) * LANES + lane;
-          acc = float(exact * double(in.scale[b0 + i]) * double(W.scales.data_ptr<float>()[o]));
+          acc = float(exact * double(in.scale[b0 + i]) * double(W.scale[o]));
         }
         out[i][j * LANES + lane] = acc;
       }
@@ -397,30 +439,39 @@ void tile_of(const Packed& W, int64_t p0, int nb, const Inputs& in, int64_t b0, 
   }
 }
 
-// out[b, :n] (+)= act(W . x[b] + bias) for B rows, inside the caller's parallel region: the
-// inputs are prepared, then each thread takes whole groups of panels (their weights stay in its
-// cache while it runs all the batch rows through them). With `up` (SwiGLU), act(gate, up).
-void product(SpinBarrier& sync, Inputs& in, const Packed& W, const float* bias, const float* x, int64_t x_stride,
-             float* out, int64_t out_stride, int64_t B, bool accumulate, const Packed* up = nullptr,
-             const float* up_bias = nullptr, int64_t activation = NO_ACTIVATION) {
-#pragma omp for schedule(static) nowait
-  for (int64_t b = 0; b < B; b++) in.prepare(W, x + b * x_stride, b);
-  sync.wait();
+// out[b, :n] (+)= act(W . x[b] + bias) for B rows, run by every thread of the step's team in two
+// phases (`PRODUCT_PHASES`): the inputs are prepared, then each item is a group of panels (their
+// weights stay in cache while all the batch rows run through them). With `up` (SwiGLU),
+// act(gate, up).
+constexpr int64_t PRODUCT_PHASES = 2;
+
+void product(Member& me, Inputs& in, const Packed& W, const float* bias, const float* x, int64_t x_stride, float* out,
+             int64_t out_stride, int64_t B, bool accumulate, const Packed* up = nullptr, const float* up_bias = nullptr,
+             int64_t activation = NO_ACTIVATION) {
+  me.each(B, [&](int64_t b) { in.prepare(W, x + b * x_stride, b); });
   const bool amx = on_amx(W, B) && (!up || on_amx(*up, B));
   // Rows and panels per tile, and the tile function for a run-time count of each.
-  const int mb = amx ? AMX_ROWS : mb_max(W.kind), panels = amx ? AMX_PANELS : NB_MAX;
+  const int mb = amx ? AMX_ROWS : mb_max(W.kind), panels = amx && W.kind == I8 ? AMX_PANELS : NB_MAX;
   const auto products = [&](const Packed& M, int64_t p0, int nb, int64_t b0, int rows, float (*v)[NB_MAX * LANES]) {
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
-    if (amx) return nb == 1 ? amx_tile<1>(M, p0, in, b0, v) : amx_tile<2>(M, p0, in, b0, v);
+#if MICROGPT_AMX
+    if (amx && M.kind == I8) return nb == 1 ? amx_tile<1>(M, p0, in, b0, v) : amx_tile<2>(M, p0, in, b0, v);
+    if (amx) {
+      switch (nb) {
+        case 1: return amx_bf16_tile<1>(M, p0, in, b0, v);
+        case 2: return amx_bf16_tile<2>(M, p0, in, b0, v);
+        case 3: return amx_bf16_tile<3>(M, p0, in, b0, v);
+        default: return amx_bf16_tile<4>(M, p0, in, b0, v);
+      }
+    }
 #endif
     tile_of(M, p0, nb, in, b0, rows, v);
   };
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
-  if (amx) amx_configure();
+#if MICROGPT_AMX
+  if (amx) amx_configure(B);
 #endif
   float v[AMX_ROWS][NB_MAX * LANES], u[AMX_ROWS][NB_MAX * LANES];
-#pragma omp for schedule(static) nowait
-  for (int64_t p0 = 0; p0 < W.panels; p0 += panels) {
+  me.each((W.panels + panels - 1) / panels, [&](int64_t group) {
+    const int64_t p0 = group * panels;
     const int nb = int(std::min<int64_t>(panels, W.panels - p0));
     const int64_t n0 = p0 * LANES, width = std::min(nb * LANES, W.n - n0);
     for (int64_t b0 = 0; b0 < B; b0 += mb) {
@@ -442,28 +493,33 @@ void product(SpinBarrier& sync, Inputs& in, const Packed& W, const float* bias, 
         for (int64_t c = 0; c < width; c++) o[c] = v[i][c] + (accumulate ? o[c] : 0.f);
       }
     }
-  }
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+  });
+#if MICROGPT_AMX
   if (amx) _tile_release();  // a thread holding no tiles saves and restores less on a context switch
 #endif
-  sync.wait();
 }
 
 // LayerNorm or RMSNorm of one vector of length C, with optional gain and bias.
 void norm(const float* x, float* out, int64_t C, int64_t kind, double eps, const float* gain, const float* bias) {
   float mean = 0.f;
   if (kind == LAYERNORM) {
+#pragma omp simd reduction(+ : mean)
     for (int64_t i = 0; i < C; i++) mean += x[i];
     mean /= C;
   }
   float var = 0.f;
+#pragma omp simd reduction(+ : var)
   for (int64_t i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
   const float inv = 1.f / std::sqrt(var / C + float(eps));
-  for (int64_t i = 0; i < C; i++) {
-    float y = (x[i] - mean) * inv;
-    if (gain) y *= gain[i];
-    if (bias) y += bias[i];
-    out[i] = y;
+#pragma omp simd
+  for (int64_t i = 0; i < C; i++) out[i] = (x[i] - mean) * inv;
+  if (gain) {
+#pragma omp simd
+    for (int64_t i = 0; i < C; i++) out[i] *= gain[i];
+  }
+  if (bias) {
+#pragma omp simd
+    for (int64_t i = 0; i < C; i++) out[i] += bias[i];
   }
 }
 
@@ -477,7 +533,14 @@ void rope(float* x, const float* cos, const float* sin, int64_t hs) {
   }
 }
 
-const float* f32_or_null(const torch::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+// An fp32 vector of the model (a gain, a bias, a rotary table) with its memory; null when absent.
+struct Vector {
+  torch::Tensor tensor;
+  const float* data = nullptr;
+
+  Vector() = default;
+  Vector(torch::Tensor t) : tensor(std::move(t)), data(tensor.numel() ? tensor.data_ptr<float>() : nullptr) {}
+};
 
 // out = (or, with add, +=) row r of an fp32 or bf16 table of width C.
 void table_row(const torch::Tensor& table, int64_t r, int64_t C, float* out, bool add) {
@@ -492,7 +555,9 @@ void table_row(const torch::Tensor& table, int64_t r, int64_t C, float* out, boo
 
 // exp(s - max) in place; returns their sum.
 inline float softmax_in_place(float* scores, int64_t n) {
-  const float top = *std::max_element(scores, scores + n);
+  float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+  for (int64_t t = 0; t < n; t++) top = std::max(top, scores[t]);
   float total = 0.f;
 #pragma omp simd reduction(+ : total)
   for (int64_t t = 0; t < n; t++) {
@@ -503,10 +568,62 @@ inline float softmax_in_place(float* scores, int64_t n) {
 }
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> 16 fp32
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+// A head's row of keys or values as CH vectors of 16 fp32 (CH = head size / 16). fp32 rows load
+// as they are. bf16 rows load 32 values at a time: a shift of each 32-bit word gives the 16 even-
+// indexed values, a mask the 16 odd-indexed ones (exact, and half the work of widening 16 values
+// at a time); the query and the output use the same order (`arrange`, `restore`), so a dot
+// product or a weighted sum of rows is the one of the natural order, summed in another order.
+template <typename T, int CH>
+constexpr bool in_pairs = std::is_same_v<T, uint16_t> && CH % 2 == 0;
+
+template <typename T, int CH>
+inline void row_vectors(const T* row, __m512 (&v)[CH]) {
+  if constexpr (in_pairs<T, CH>) {
+    const __m512i odd = _mm512_set1_epi32(int(0xFFFF0000u));
+    for (int c = 0; c < CH; c += 2) {
+      const __m512i w = _mm512_loadu_si512(row + c * LANES);
+      v[c] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      v[c + 1] = _mm512_castsi512_ps(_mm512_and_si512(w, odd));
+    }
+  } else if constexpr (std::is_same_v<T, uint16_t>) {
+    for (int c = 0; c < CH; c++) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * LANES));
+      v[c] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    }
+  } else {
+    for (int c = 0; c < CH; c++) v[c] = _mm512_loadu_ps(row + c * LANES);
+  }
+}
+
+// `x` (natural order) times `scale` in the order of `row_vectors`.
+template <typename T, int CH>
+inline void arrange(const float* x, float scale, __m512 (&v)[CH]) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int c = 0; c < CH; c++) v[c] = _mm512_mul_ps(_mm512_loadu_ps(x + c * LANES), s);
+  if constexpr (in_pairs<T, CH>) {
+    const __m512i even_lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_lanes = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int c = 0; c < CH; c += 2) {
+      const __m512 lo = v[c], hi = v[c + 1];
+      v[c] = _mm512_permutex2var_ps(lo, even_lanes, hi);
+      v[c + 1] = _mm512_permutex2var_ps(lo, odd_lanes, hi);
+    }
+  }
+}
+
+// The inverse of `arrange` (without a scale), stored to `out`.
+template <typename T, int CH>
+inline void restore(const __m512 (&v)[CH], float* out) {
+  if constexpr (in_pairs<T, CH>) {
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int c = 0; c < CH; c += 2) {
+      _mm512_storeu_ps(out + c * LANES, _mm512_permutex2var_ps(v[c], first, v[c + 1]));
+      _mm512_storeu_ps(out + (c + 1) * LANES, _mm512_permutex2var_ps(v[c], second, v[c + 1]));
+    }
+  } else {
+    for (int c = 0; c < CH; c++) _mm512_storeu_ps(out + c * LANES, v[c]);
+  }
 }
 
 // The four horizontal sums of a, b, c, d (the scores of four keys) in one 128-bit vector:
@@ -520,22 +637,37 @@ inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm512_castps512_ps128(abcd);
 }
 
-template <typename T, int CH>  // CH = head size / 16
+template <typename T, int CH>
 inline __m512 key_dot(const __m512 (&qv)[CH], const T* key) {
-  __m512 dot = _mm512_mul_ps(qv[0], load16(key));
-  for (int c = 1; c < CH; c++) dot = _mm512_fmadd_ps(qv[c], load16(key + c * LANES), dot);
-  return dot;
+  __m512 k[CH];
+  row_vectors<T, CH>(key, k);
+  __m512 even = _mm512_mul_ps(qv[0], k[0]), odd = CH > 1 ? _mm512_mul_ps(qv[1], k[1]) : _mm512_setzero_ps();
+  for (int c = 2; c < CH; c++) {  // two chains, to hide the FMA latency
+    if (c % 2) odd = _mm512_fmadd_ps(qv[c], k[c], odd);
+    else even = _mm512_fmadd_ps(qv[c], k[c], even);
+  }
+  return _mm512_add_ps(even, odd);
 }
 
-template <typename T, int CH>  // CH = head size / 16
+// A batch's attention streams its KV cache from memory (every row has its own), and the hardware
+// prefetcher restarts at every 4 KiB page: rows this far ahead are asked for in advance.
+constexpr int64_t PREFETCH_BYTES = 4096;
+
+inline void prefetch(const void* from, int64_t bytes) {
+  const char* p = static_cast<const char*>(from) + PREFETCH_BYTES;
+  for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(p + at, _MM_HINT_T0);
+}
+
+template <typename T, int CH>
 void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, float scale, float* scores,
                       float* out) {
   constexpr int64_t hs = CH * LANES;
-  __m512 qv[CH], even[CH], odd[CH];
-  for (int c = 0; c < CH; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + c * LANES), _mm512_set1_ps(scale));
+  __m512 qv[CH], even[CH], odd[CH], v0[CH], v1[CH];
+  arrange<T, CH>(q, scale, qv);
   int64_t t = 0;
   for (; t + 4 <= n; t += 4) {
     const T* key = keys + t * hs;
+    prefetch(key, 4 * hs * sizeof(T));
     _mm_storeu_ps(scores + t, sum4(key_dot<T, CH>(qv, key), key_dot<T, CH>(qv, key + hs),
                                    key_dot<T, CH>(qv, key + 2 * hs), key_dot<T, CH>(qv, key + 3 * hs)));
   }
@@ -545,17 +677,22 @@ void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, f
   for (t = 0; t + 2 <= n; t += 2) {  // two chains per output vector, to hide the FMA latency
     const __m512 p0 = _mm512_set1_ps(scores[t]), p1 = _mm512_set1_ps(scores[t + 1]);
     const T* val = vals + t * hs;
+    prefetch(val, 2 * hs * sizeof(T));
+    row_vectors<T, CH>(val, v0);
+    row_vectors<T, CH>(val + hs, v1);
     for (int c = 0; c < CH; c++) {
-      even[c] = _mm512_fmadd_ps(p0, load16(val + c * LANES), even[c]);
-      odd[c] = _mm512_fmadd_ps(p1, load16(val + hs + c * LANES), odd[c]);
+      even[c] = _mm512_fmadd_ps(p0, v0[c], even[c]);
+      odd[c] = _mm512_fmadd_ps(p1, v1[c], odd[c]);
     }
   }
   if (t < n) {
     const __m512 p = _mm512_set1_ps(scores[t]);
-    for (int c = 0; c < CH; c++) even[c] = _mm512_fmadd_ps(p, load16(vals + t * hs + c * LANES), even[c]);
+    row_vectors<T, CH>(vals + t * hs, v0);
+    for (int c = 0; c < CH; c++) even[c] = _mm512_fmadd_ps(p, v0[c], even[c]);
   }
   const __m512 inv = _mm512_set1_ps(1.f / total);
-  for (int c = 0; c < CH; c++) _mm512_storeu_ps(out + c * LANES, _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inv));
+  for (int c = 0; c < CH; c++) even[c] = _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inv);
+  restore<T, CH>(even, out);
 }
 #endif
 
@@ -594,9 +731,20 @@ void attend(const float* q, const T* keys, const T* vals, int64_t n, int64_t hs,
   }
 }
 
+// A step's activations and product inputs, reused from step to step by the thread that runs it.
+struct Scratch {
+  std::vector<float> x, h, qkv, att, act;
+  Inputs in;
+
+  void fit(int64_t B, int64_t C, int64_t qkv_width, int64_t q_width, int64_t hidden, bool int8) {
+    x.resize(B * C), h.resize(B * C), qkv.resize(B * qkv_width), att.resize(B * q_width), act.resize(B * hidden);
+    in.fit(B, std::max({C, q_width, hidden}), int8);
+  }
+};
+
 struct Layer {
-  torch::Tensor attn_gain, attn_bias, qkv_bias, q_gain, q_bias, k_gain, k_bias, proj_bias;
-  torch::Tensor mlp_gain, mlp_bias, fc_bias, up_bias, mlp_proj_bias;
+  Vector attn_gain, attn_bias, qkv_bias, q_gain, q_bias, k_gain, k_bias, proj_bias;
+  Vector mlp_gain, mlp_bias, fc_bias, up_bias, mlp_proj_bias;
   Packed qkv, proj, fc, up, mlp_proj;  // fc is SwiGLU's gate; up is empty otherwise
 };
 
@@ -624,7 +772,7 @@ class NativeModel {
     const auto scale = [&](int64_t i) { return int8 ? scales[i] : torch::Tensor(); };
     for (int64_t l = 0; l < n_layer_; l++) {
       const torch::Tensor* w = &layers[l * 16];
-      Layer layer{w[0], w[1], w[3], w[4], w[5], w[6], w[7], w[9], w[10], w[11], w[13], torch::Tensor(), w[15]};
+      Layer layer{w[0], w[1], w[3], w[4], w[5], w[6], w[7], w[9], w[10], w[11], w[13], Vector(), w[15]};
       layer.qkv = Packed::from(w[2], scale(l * 4));
       layer.proj = Packed::from(w[8], scale(l * 4 + 1));
       const torch::Tensor fc_scale = scale(l * 4 + 2);
@@ -634,8 +782,10 @@ class NativeModel {
       if (mlp_ == SWIGLU) {  // gate and up rows packed apart, so block i of each pairs up
         layer.fc = Packed::from(w[12].narrow(0, 0, hidden_), half(fc_scale, 0));
         layer.up = Packed::from(w[12].narrow(0, hidden_, hidden_), half(fc_scale, hidden_));
-        layer.fc_bias = w[13].numel() ? w[13].narrow(0, 0, hidden_).contiguous() : w[13];
-        layer.up_bias = w[13].numel() ? w[13].narrow(0, hidden_, hidden_).contiguous() : w[13];
+        if (w[13].numel()) {
+          layer.fc_bias = Vector(w[13].narrow(0, 0, hidden_).contiguous());
+          layer.up_bias = Vector(w[13].narrow(0, hidden_, hidden_).contiguous());
+        }
       } else {
         layer.fc = Packed::from(w[12], fc_scale);
       }
@@ -676,43 +826,44 @@ class NativeModel {
     const int64_t q_width = n_head_ * hs, kv_width = n_kv_head_ * hs, qkv_width = q_width + 2 * kv_width;
     const int64_t* tok = tokens.data_ptr<int64_t>();
     const int64_t* pos = positions.data_ptr<int64_t>();
-    const float *cos = f32_or_null(cos_), *sin = f32_or_null(sin_);
+    const float *cos = cos_.data, *sin = sin_.data;
     const float scale = 1.f / std::sqrt(float(hs));
-    std::vector<float> x(B * C), h(B * C), qkv(B * qkv_width), att(B * q_width), act(B * hidden_);
-    Inputs in(B, std::max({C, q_width, hidden_}), wte_scales_.defined());
+    // Scratch that lives as long as the thread and only grows, so a step allocates nothing: freed and
+    // allocated again every step, it came back as fresh pages to fault in whenever glibc had trimmed
+    // the thread's arena, which cost a single-row step 100 of its 300 us off the main thread.
+    thread_local Scratch scratch;
+    scratch.fit(B, C, qkv_width, q_width, hidden_, wte_scales_.data != nullptr);
+    float *x = scratch.x.data(), *h = scratch.h.data(), *qkv = scratch.qkv.data(), *att = scratch.att.data(),
+          *act = scratch.act.data();
+    Inputs& in = scratch.in;
     auto logits = torch::empty({B, vocab_}, torch::kFloat32);
 
-    SpinBarrier sync;
-#pragma omp parallel num_threads(team)
-    {
-      sync.threads.store(omp_get_num_threads(), std::memory_order_relaxed);  // before this thread's first wait
-      std::vector<float> scores;
-#pragma omp for schedule(static) nowait
-      for (int64_t b = 0; b < B; b++) {  // token (+ learned position) embedding
-        if (wte_scales_.defined()) {
+    // The step's phases, in the order every thread goes through them: the embedding; per layer a
+    // norm, qkv, rotary and cache writes, attention, proj, a norm, fc and mlp proj; the final norm
+    // and the head.
+    const int64_t phases = 1 + n_layer_ * (5 + 4 * PRODUCT_PHASES) + 1 + PRODUCT_PHASES;
+    thread_local Team threads;  // the calling thread's own workers, kept between steps
+    threads.run(team, phases, [&](Member& me) {
+      thread_local std::vector<float> scores;  // each team thread's own, kept between steps
+      me.each(B, [&](int64_t b) {  // token (+ learned position) embedding
+        if (wte_scales_.data) {
           const int8_t* te = reinterpret_cast<const int8_t*>(wte_.data_ptr()) + tok[b] * C;
-          const float s = wte_scales_.data_ptr<float>()[tok[b]];
+          const float s = wte_scales_.data[tok[b]];
           for (int64_t i = 0; i < C; i++) x[b * C + i] = float(te[i]) * s;
         } else {
           table_row(wte_, tok[b], C, &x[b * C], false);
         }
         if (wpe_.numel()) table_row(wpe_, pos[b], C, &x[b * C], true);
-        if (embed_norm_) norm(&x[b * C], &x[b * C], C, norm_, eps_, f32_or_null(embed_gain_), f32_or_null(embed_bias_));
-      }
-      sync.wait();
+        if (embed_norm_) norm(&x[b * C], &x[b * C], C, norm_, eps_, embed_gain_.data, embed_bias_.data);
+      });
       for (int64_t l = 0; l < n_layer_; l++) {
         const Layer& w = layers_[l];
         T* kc = reinterpret_cast<T*>(k_cache[l].data_ptr());  // (B, n_kv_head, L, hs)
         T* vc = reinterpret_cast<T*>(v_cache[l].data_ptr());
         const int64_t L = k_cache[l].size(2);
-#pragma omp for schedule(static) nowait
-        for (int64_t b = 0; b < B; b++) {
-          norm(&x[b * C], &h[b * C], C, norm_, eps_, f32_or_null(w.attn_gain), f32_or_null(w.attn_bias));
-        }
-        sync.wait();
-        product(sync, in, w.qkv, f32_or_null(w.qkv_bias), h.data(), C, qkv.data(), qkv_width, B, false);
-#pragma omp for schedule(static) nowait
-        for (int64_t b = 0; b < B; b++) {  // q/k norm, rotary, then store k and v at this row's position
+        me.each(B, [&](int64_t b) { norm(&x[b * C], &h[b * C], C, norm_, eps_, w.attn_gain.data, w.attn_bias.data); });
+        product(me, in, w.qkv, w.qkv_bias.data, h, C, qkv, qkv_width, B, false);
+        me.each(B, [&](int64_t b) {  // q/k norm, rotary, then store k and v at this row's position
           float* q = &qkv[b * qkv_width];
           float* k = q + q_width;
           const float* v = k + kv_width;
@@ -720,8 +871,8 @@ class NativeModel {
             float* head = q + hd * hs;  // query heads, then key heads (k follows q)
             const bool is_q = hd < n_head_;
             if (qk_norm_) {
-              norm(head, head, hs, norm_, eps_, f32_or_null(is_q ? w.q_gain : w.k_gain),
-                   f32_or_null(is_q ? w.q_bias : w.k_bias));
+              norm(head, head, hs, norm_, eps_, (is_q ? w.q_gain : w.k_gain).data,
+                   (is_q ? w.q_bias : w.k_bias).data);
             }
             if (rope_) rope(head, cos + pos[b] * hs, sin + pos[b] * hs, hs);
           }
@@ -732,41 +883,32 @@ class NativeModel {
               narrow(v[g * hs + i], vc + at + i);
             }
           }
-        }
-        sync.wait();
-#pragma omp for schedule(static) nowait
-        for (int64_t bh = 0; bh < B * n_head_; bh++) {  // softmax attention of one head over positions 0..pos
+        });
+        me.each(B * n_head_, [&](int64_t bh) {  // softmax attention of one head over positions 0..pos
           const int64_t b = bh / n_head_, hd = bh % n_head_, g = hd / groups;
           attend(&qkv[b * qkv_width + hd * hs], kc + (b * n_kv_head_ + g) * L * hs, vc + (b * n_kv_head_ + g) * L * hs,
                  pos[b] + 1, hs, scale, scores, &att[b * q_width + hd * hs]);
-        }
-        sync.wait();
-        product(sync, in, w.proj, f32_or_null(w.proj_bias), att.data(), q_width, x.data(), C, B, true);
-#pragma omp for schedule(static) nowait
-        for (int64_t b = 0; b < B; b++) {
-          norm(&x[b * C], &h[b * C], C, norm_, eps_, f32_or_null(w.mlp_gain), f32_or_null(w.mlp_bias));
-        }
-        sync.wait();
+        });
+        product(me, in, w.proj, w.proj_bias.data, att, q_width, x, C, B, true);
+        me.each(B, [&](int64_t b) { norm(&x[b * C], &h[b * C], C, norm_, eps_, w.mlp_gain.data, w.mlp_bias.data); });
         const bool glu = mlp_ == SWIGLU;
-        product(sync, in, w.fc, f32_or_null(w.fc_bias), h.data(), C, act.data(), hidden_, B, false,
-                glu ? &w.up : nullptr, glu ? f32_or_null(w.up_bias) : nullptr, mlp_);
-        product(sync, in, w.mlp_proj, f32_or_null(w.mlp_proj_bias), act.data(), hidden_, x.data(), C, B, true);
+        product(me, in, w.fc, w.fc_bias.data, h, C, act, hidden_, B, false, glu ? &w.up : nullptr,
+                glu ? w.up_bias.data : nullptr, mlp_);
+        product(me, in, w.mlp_proj, w.mlp_proj_bias.data, act, hidden_, x, C, B, true);
       }
-#pragma omp for schedule(static) nowait
-      for (int64_t b = 0; b < B; b++) {
+      me.each(B, [&](int64_t b) {
         float* xb = &x[b * C];
-        if (final_norm_) norm(xb, &h[b * C], C, norm_, eps_, f32_or_null(final_gain_), f32_or_null(final_bias_));
+        if (final_norm_) norm(xb, &h[b * C], C, norm_, eps_, final_gain_.data, final_bias_.data);
         else std::copy(xb, xb + C, &h[b * C]);
-      }
-      sync.wait();
-      product(sync, in, lm_head_, nullptr, h.data(), C, logits.data_ptr<float>(), vocab_, B, false);
-    }
+      });
+      product(me, in, lm_head_, nullptr, h, C, logits.data_ptr<float>(), vocab_, B, false);
+    });
     return logits;
   }
 
   std::vector<Layer> layers_;
-  torch::Tensor wte_scales_;
-  torch::Tensor wte_, wpe_, cos_, sin_, embed_gain_, embed_bias_, final_gain_, final_bias_;
+  Vector wte_scales_, cos_, sin_, embed_gain_, embed_bias_, final_gain_, final_bias_;
+  torch::Tensor wte_, wpe_;
   Packed lm_head_;
   torch::ScalarType dtype_;
   int64_t n_layer_, n_head_, n_kv_head_, head_size_, n_embd_, hidden_, vocab_, norm_, mlp_, rope_, qk_norm_;

@@ -1,10 +1,11 @@
 """How many threads the native decode step gets, chosen by timing the steps themselves.
 
-On a small machine the decode step's OpenMP team shares the cores with everything else in
-the process and beside it: the server's event loop, a load-test client, a training job. A
-second thread halves a step on an idle machine, but when a core is busy elsewhere the team
-waits at every barrier for a thread the OS has put aside, and a step can take 20 times
-longer. Neither choice is right everywhere, so the engine measures both:
+On a small machine the decode step's team of threads shares the cores with everything else
+in the process and beside it: the server's event loop, a load-test client, a training job. A
+second thread halves a step on an idle machine; when a core is busy elsewhere, the team's
+threads take over the work of one the OS has put aside (`csrc/team.h`), but each hand-over
+costs, and a step can still be slower than on one thread. Neither choice is right everywhere,
+so the engine measures both:
 
 - steps are grouped by batch size (powers of two: a step's cost depends on its rows);
 - each group keeps a moving average of step seconds per team size, starting from the
