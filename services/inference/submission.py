@@ -97,6 +97,7 @@ def submit_choices(
                         stop=stop,
                         stop_token_ids=base.stop_token_ids,
                         strip_leading_space=strip_leading_space,
+                        streams=lambda: model.engine.running,
                     )
                 )
                 metrics.prompt_tokens.labels(model.id).inc(handle.prompt_tokens)

@@ -45,7 +45,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -159,16 +159,18 @@ class RequestHandle:
                 for event in batch:
                     yield event
 
-    async def batches(self, interval: float = 0.0) -> AsyncIterator[list[TokenEvent]]:
+    async def batches(self, interval: float | Callable[[], float] = 0.0) -> AsyncIterator[list[TokenEvent]]:
         """The events in lists of all that were waiting when the reader came back for more.
 
         A reader that falls behind the engine catches up in one turn (one text delta, one
         network write) instead of paying its per-event costs once per token. With `interval`
-        the reader comes back at most that often (the first list is never held back): on a
-        busy CPU, every wake-up of the reader's event loop takes a core from the decode step,
-        so a stream of a few hundred small writes a second is cheaper than one per token.
+        (seconds, or a function asked after each list) the reader comes back at most that
+        often (the first list is never held back): on a busy CPU, every wake-up of the
+        reader's event loop takes a core from the decode step, so a stream of a few hundred
+        small writes a second is cheaper than one per token.
         The last list ends with the event that has a finish reason.
         """
+        pace = interval if callable(interval) else lambda: interval
         loop, wake = asyncio.get_running_loop(), asyncio.Event()
         waker = (loop, wake)
         with self._cond:
@@ -193,7 +195,7 @@ class RequestHandle:
                         return
                     # While the reader sleeps, the engine does not wake it: `_woken` stays set until
                     # the reader finds no events waiting.
-                    pause = interval - (time.perf_counter() - taken)
+                    pause = pace() - (time.perf_counter() - taken)
                     if pause > 0:
                         await asyncio.sleep(pause)
                     continue
@@ -292,7 +294,8 @@ class BatchEngine:
         # The native step's team: 1 or `threads` (default torch's count), whichever is faster now.
         self._team = TeamSizer(threads or torch.get_num_threads()) if self.backend == "native" else None
         self._decode_step = make_decode_step(model, self.backend)
-        self.cache = KVCache(self.config, max_batch, device=self.device, dtype=cache_dtype(model, self.backend))
+        dtype = cache_dtype(model, self.backend)
+        self.cache = KVCache(self.config, max_batch, device=self.device, dtype=dtype)
         self._rows: list[_Row] = []
         self._view: KVCache | None = None  # `_rows_view` of the active rows, kept while their count holds
         self._live = torch.ones(0, dtype=torch.long)
@@ -363,6 +366,11 @@ class BatchEngine:
             self._queue.append(handle)
             self._lock.notify_all()
         return handle
+
+    @property
+    def running(self) -> int:
+        """Requests decoding now (read without the lock: a hint, not a snapshot)."""
+        return len(self._rows)
 
     @property
     def stats(self) -> EngineStats:
