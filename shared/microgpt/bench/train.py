@@ -7,7 +7,8 @@
   wall time (nanoGPT's CPU recipe reaches 1.88 in about 100 s on a 2-core machine).
 - `shakespeare` (10.7M, block 256): a few bf16-autocast training steps (dropout 0.2, as the
   preset); prints tokens/s and the MFU against the fp32 and bf16 matmul peaks measured by the
-  same command.
+  same command, then the step's matrix products alone, timed at the model's own shapes: the
+  ceiling of any step, and how much of the step is everything else.
 - `names`: the preset's recipe (makemore's transformer on names-32k) on one DDP process
   per core; prints the validation loss of its best checkpoint and the wall time.
 
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from microgpt.bench.hardware import matmul_peak
+from microgpt.bench.hardware import best_seconds, matmul_peak
+from microgpt.config import GPTConfig
 from microgpt.evaluate import evaluate_checkpoint
 from microgpt.model import GPT
 from microgpt.train.loop import train
@@ -36,6 +38,7 @@ RECIPES = ("shakespeare-cpu", "shakespeare", "names")
 # The preset's 64-row batch as 4 accumulated micro-batches of 16: the same optimizer steps,
 # with activations that stay in the CPU's caches (1.15x the tokens/s of 64 rows at once).
 MICRO = {"batch_size": 16, "grad_accum": 4}
+Shape = tuple[int, ...]
 
 
 def shakespeare_cpu(cache_dir: Path, work: Path) -> None:
@@ -44,6 +47,37 @@ def shakespeare_cpu(cache_dir: Path, work: Path) -> None:
         f"shakespeare-cpu: val loss {result.val_loss:.4f} after {result.step} steps in "
         f"{result.wall_seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s; target <= 1.88)"
     )
+
+
+def products_seconds(config: GPTConfig, rows: int) -> tuple[float, float]:
+    """Seconds and FLOPs of one micro-batch's matrix products alone, forward and backward, in bf16.
+
+    Each linear layer is three products (forward, input gradient, weight gradient), attention six
+    batched ones per layer (scores, output; and their four gradients), all at the shapes a batch
+    of `rows` sequences of the full context gives them.
+    """
+    M, T, C, hs = rows * config.block_size, config.block_size, config.n_embd, config.head_size
+    q_width, kv_width = config.n_head * hs, config.kv_heads * hs
+    up = config.hidden_size * (2 if config.mlp == "swiglu" else 1)
+    linears = [(C, q_width + 2 * kv_width), (q_width, C), (C, up), (config.hidden_size, C)]
+
+    def timed(a_shape: Shape, b_shape: Shape, transpose: bool = False) -> tuple[float, float]:
+        # A weight gradient multiplies the output gradient's transpose, as autograd hands it over.
+        a = torch.randn(a_shape[::-1]).t() if transpose else torch.randn(a_shape)
+        a, b = a.to(torch.bfloat16), torch.randn(b_shape, dtype=torch.bfloat16)
+        flops = 2 * a.numel() * b.shape[-1]
+        return best_seconds(lambda: torch.matmul(a, b), repeats=5, warmup=2), flops
+
+    def three(k: int, n: int) -> list[tuple[float, float]]:  # forward, input gradient, weight gradient
+        return [timed((M, k), (k, n)), timed((M, n), (n, k)), timed((n, M), (M, k), transpose=True)]
+
+    layer = [timing for k, n in linears for timing in three(k, n)]
+    heads = rows * config.n_head
+    layer += 3 * [timed((heads, T, hs), (heads, hs, T)), timed((heads, T, T), (heads, T, hs))]
+    head = three(C, config.vocab_size)
+    seconds = config.n_layer * sum(t for t, _ in layer) + sum(t for t, _ in head)
+    flops = config.n_layer * sum(f for _, f in layer) + sum(f for _, f in head)
+    return seconds, flops
 
 
 def shakespeare_throughput(cache_dir: Path, work: Path, steps: int = 20) -> None:
@@ -60,6 +94,15 @@ def shakespeare_throughput(cache_dir: Path, work: Path, steps: int = 20) -> None
         f"= {achieved / 1e12:.3f} TFLOP/s; MFU {achieved / peaks['fp32']:.0%} of the "
         f"fp32 peak ({peaks['fp32'] / 1e12:.2f}), {achieved / peaks['bf16']:.0%} of the bf16 peak "
         f"({peaks['bf16'] / 1e12:.2f} TFLOP/s)"
+    )
+    config = preset.model.updated(vocab_size=65)
+    seconds, product_flops = products_seconds(config, MICRO["batch_size"])
+    step = MICRO["grad_accum"] * MICRO["batch_size"] * config.block_size / result.tokens_per_second
+    share = MICRO["grad_accum"] * seconds / step
+    print(
+        f"  its matrix products alone, at the model's shapes: {product_flops / seconds / 1e12:.2f} TFLOP/s "
+        f"({product_flops / seconds / peaks['bf16']:.0%} of the bf16 peak), {share:.0%} of the step's time; "
+        f"the rest is dropout, softmax, norms, GELU, casts and the optimizer"
     )
 
 
