@@ -29,7 +29,6 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
-#include <sched.h>
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__)
 #define MICROGPT_AMX 1
 #include <sys/syscall.h>
@@ -37,7 +36,6 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
