@@ -35,6 +35,8 @@ FAMILIES = {
         vocab_size=37, block_size=20, n_layer=2, n_head=3, n_embd=24, mlp="relu2", mlp_hidden=50,
         norm="rmsnorm", norm_gain=False, final_norm=False, embed_norm=True,
     ),
+    # A product over more than 1,024 inputs: AVX2's int8 sums leave int32 every 1,024 of them.
+    "wide-mlp": GPTConfig(vocab_size=50, block_size=12, n_layer=1, n_head=2, n_embd=32, mlp_hidden=1100),
 }  # fmt: skip
 
 

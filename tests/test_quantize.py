@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_native import FAMILIES, make_model  # the same five architecture families
+from test_native import FAMILIES, make_model  # the same architecture families
 
 from microgpt.generate import Decoder, generate
 from microgpt.kv_cache import KVCache

@@ -6,7 +6,8 @@ one C++ call per token instead of dozens of PyTorch ops. One product kernel serv
 a single stream (streaming the fp32, bf16 or int8 weights at memory bandwidth) and a
 batch (each weight loaded once for up to four rows, on the CPU's bf16 and int8
 dot-product instructions; on a CPU with AMX, bf16 weights at every batch size and int8
-weights 16 rows at a time run on its tile unit). Accumulation is fp32: an fp32 model decodes as PyTorch
+weights 16 rows at a time run on its tile unit; on a CPU with AVX2 only, on FMAs and
+16-bit integer products). Accumulation is fp32: an fp32 model decodes as PyTorch
 does, to ~1e-5; a bf16 model as torch's bf16 linear layers do (inputs rounded to
 bf16); an int8 model (`microgpt.quantize`) as its dequantized weights would, to ~1e-5
 (inputs of int8 products are 16-bit fixed point), but with a bf16 KV cache: at a batch,
@@ -38,6 +39,12 @@ MLPS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "relu2": 3, "swiglu": 4}
 @functools.cache
 def extension() -> ModuleType:
     return build("microgpt_native_decode", "native_decode.cpp")
+
+
+def kernels() -> str:
+    """The instruction sets the step's kernels use on this machine ("AVX2", "AVX-512 and AMX", ...):
+    benchmark figures depend on them."""
+    return extension().kernels()
 
 
 def _matrix(module: nn.Module, scales: list[torch.Tensor]) -> torch.Tensor:

@@ -19,6 +19,7 @@ import time
 import torch
 
 from microgpt.model import GPT
+from microgpt.native import kernels
 from microgpt.quantize import FLOAT_DTYPES, quantize_model
 from microgpt.sampling import SamplingParams
 from microgpt.serving.engine import BatchEngine, RequestHandle
@@ -43,7 +44,7 @@ def run(*, preset: str, precision: list[str], streams: int, tokens: int, threads
     base = GPT(config).eval()
     params = SamplingParams(temperature=0.0, max_new_tokens=tokens)
     print(f"model: {preset}, {base.num_params() / 1e6:.2f}M parameters; {torch.get_num_threads()} threads; "
-          f"{tokens} tokens per request, greedy")  # fmt: skip
+          f"{tokens} tokens per request, greedy; native kernels: {kernels()}")  # fmt: skip
     for name in precision:
         model = (
             copy.deepcopy(base).to(FLOAT_DTYPES[name]) if name in FLOAT_DTYPES else quantize_model(base, name)

@@ -23,6 +23,7 @@ import torch
 from microgpt.bench.hardware import matmul_peak, memory_bandwidth
 from microgpt.generate import Backend, stream
 from microgpt.model import GPT
+from microgpt.native import kernels
 from microgpt.sampling import SamplingParams
 from microgpt.zoo import get_preset
 
@@ -63,7 +64,8 @@ def run(
     working_set = memory_bandwidth(fp32_bytes)
     peaks = {name: matmul_peak(dtype) for name, dtype in PRECISIONS.items()}
     print(
-        f"machine: {torch.get_num_threads()} threads; read bandwidth {dram / 1e9:.1f} GB/s over 1 GiB, "
+        f"machine: {torch.get_num_threads()} threads, native kernels {kernels()}; "
+        f"read bandwidth {dram / 1e9:.1f} GB/s over 1 GiB, "
         f"{working_set / 1e9:.1f} GB/s over {fp32_bytes / 1e6:.0f} MB; matmul peak fp32 "
         f"{peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s"
     )

@@ -16,6 +16,10 @@
 //   panels' lines are already AMX's int8 weight layout), which gives the same bits faster;
 //   bf16 products run on AMX's `tdpbf16ps` at every batch size (the panels' lines are its bf16
 //   weight layout too), so a row's bits do not depend on how many rows run beside it;
+// - a CPU with AVX2 but without AVX-512's dot products (AMD before Zen 4, Intel before Ice Lake)
+//   reads the same panels half a line per register: fp32 FMAs, bf16 weights widened by a shift
+//   or a mask, int8 weights widened to 16 bits and multiplied by 16-bit inputs (`vpmaddwd`,
+//   exact integer sums as above);
 // - a row's result never depends on the other rows of its batch (batched == single, bit for bit);
 // - one job of the calling thread's own team (team.h: workers that stay awake between steps)
 //   covers the whole step in phases whose items any thread may take, so a thread the OS puts
@@ -29,6 +33,14 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+// The product kernels by instruction set: AVX-512 with VNNI and bf16 dot products (and AMX where
+// the CPU has it), else AVX2 with FMA, else plain C++ (the same sums, slowly).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+#define MICROGPT_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define MICROGPT_AVX2 1
+#endif
+
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__)
 #define MICROGPT_AMX 1
 #include <sys/syscall.h>
@@ -39,6 +51,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -135,7 +148,8 @@ struct Packed {
 // A product's input rows as its kernel reads them: one 32-bit word per line of the matrix.
 // fp32: the value; bf16: two values rounded to bf16; int8: four inputs in 16-bit fixed point,
 // their high bytes in `words` and low bytes in `low`, x ~= scale * (256 * (hi - 128) + lo),
-// so that a product is exact integer arithmetic on `vpdpbusd` (unsigned x signed bytes).
+// so that a product is exact integer arithmetic on `vpdpbusd` (unsigned x signed bytes); with
+// AVX2, which multiplies 16-bit pairs (`vpmaddwd`), the 16-bit values themselves, in `words`.
 struct Inputs {
   std::vector<uint32_t> words, low;
   std::vector<float> scale;
@@ -144,7 +158,11 @@ struct Inputs {
   // Rows are allocated in whole tiles of 16, so a tile load of the last rows stays in bounds.
   void fit(int64_t B, int64_t max_k, bool int8) {
     words.resize(round_up(B, 16) * max_k);
+#if MICROGPT_AVX2
+    (void)int8;  // the 16-bit inputs fit in `words`
+#else
     low.resize(int8 ? round_up(B, 16) * max_k : 0);
+#endif
     scale.resize(B);
     stride = max_k;
   }
@@ -165,6 +183,12 @@ struct Inputs {
       for (int64_t i = 0; i < k; i++) top = std::max(top, std::fabs(x[i]));
       scale[b] = top > 0.f ? top / 32767.f : 1.f;
       const float inv = 1.f / scale[b];
+#if MICROGPT_AVX2
+      auto* fixed = reinterpret_cast<int16_t*>(out);
+#pragma omp simd
+      for (int64_t i = 0; i < k; i++) fixed[i] = int16_t(std::nearbyint(x[i] * inv));  // |v| <= 32767
+      std::fill(fixed + k, fixed + padded, int16_t(0));
+#else
       auto *hi = reinterpret_cast<uint8_t*>(out), *lo = reinterpret_cast<uint8_t*>(&low[b * stride]);
 #pragma omp simd
       for (int64_t i = 0; i < k; i++) {
@@ -174,11 +198,12 @@ struct Inputs {
       }
       std::fill(hi + k, hi + padded, uint8_t(128));  // zero
       std::fill(lo + k, lo + padded, uint8_t(0));
+#endif
     }
   }
 };
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+#if MICROGPT_AVX512
 // The 16 outputs of panel p of an int8 product from its exact integer sums over the high and the
 // low input bytes: the dot, then the two scales. Both int8 paths end here, so they agree bit for bit.
 inline void i8_finish(const Packed& W, int64_t p, __m512i acc_hi, __m512i acc_lo, float in_scale, float* out) {
@@ -321,18 +346,139 @@ bool on_amx(const Packed& W, int64_t B) {
 #endif
 }
 
+#if MICROGPT_AVX2
+#define UNROLL _Pragma("GCC unroll 16")
+// AVX2 holds half a panel's line in a register and has 16 registers: a pass multiplies J panels
+// by MB rows with 8 accumulators (enough chains to hide the FMA latency), and a tile of more
+// panels makes several passes over its rows (their inputs are in L1 by then).
+template <int MB>
+constexpr int avx2_panels = MB >= 4 ? 1 : 4 / MB;
+
+// int8 sums of one 32-bit lane grow by at most 2 * 128 * 32767 per line: 256 lines fit in int32.
+constexpr int64_t AVX2_I8_LINES = 256;
+
+// J int8 panels (from p) times MB rows (from b0): a line's 16 x 4 weights widen to four registers
+// of 16-bit (output, k) pairs, `vpmaddwd` multiplies them by a row's four 16-bit inputs, and lane
+// pairs (an output's k = 0, 1 and k = 2, 3) are added once per 256 lines, exactly, in fp64.
+template <int MB, int J>
+void avx2_i8_pass(const Packed& W, int64_t p, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES], int jo) {
+  const int64_t steps = W.steps;
+  const int16_t* x[MB];
+  UNROLL for (int i = 0; i < MB; i++) x[i] = reinterpret_cast<const int16_t*>(&in.words[(b0 + i) * in.stride]);
+  double exact[MB][J][LANES] = {};
+  for (int64_t s0 = 0; s0 < steps; s0 += AVX2_I8_LINES) {
+    __m256i acc[MB][J][4];
+    UNROLL for (int i = 0; i < MB; i++)
+      UNROLL for (int j = 0; j < J; j++)
+        UNROLL for (int q = 0; q < 4; q++) acc[i][j][q] = _mm256_setzero_si256();
+    for (int64_t s = s0; s < std::min(steps, s0 + AVX2_I8_LINES); s++) {
+      __m256i xs[MB];
+      UNROLL for (int i = 0; i < MB; i++) {
+        int64_t four;
+        std::memcpy(&four, x[i] + 4 * s, 8);
+        xs[i] = _mm256_set1_epi64x(four);
+      }
+      UNROLL for (int j = 0; j < J; j++) {
+        const auto* line = reinterpret_cast<const __m128i*>(W.lines + ((p + j) * steps + s) * 64);
+        UNROLL for (int q = 0; q < 4; q++) {
+          const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(line + q));
+          UNROLL for (int i = 0; i < MB; i++) {
+            acc[i][j][q] = _mm256_add_epi32(acc[i][j][q], _mm256_madd_epi16(w, xs[i]));
+          }
+        }
+      }
+    }
+    UNROLL for (int i = 0; i < MB; i++)
+      UNROLL for (int j = 0; j < J; j++)
+        UNROLL for (int q = 0; q < 4; q++) {
+          alignas(32) int32_t pairs[8];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), acc[i][j][q]);
+          UNROLL for (int o = 0; o < 4; o++) exact[i][j][4 * q + o] += double(pairs[2 * o]) + double(pairs[2 * o + 1]);
+        }
+  }
+  UNROLL for (int i = 0; i < MB; i++)
+    UNROLL for (int j = 0; j < J; j++)
+      for (int64_t lane = 0; lane < LANES; lane++) {
+        const int64_t o = (p + j) * LANES + lane;
+        out[i][(jo + j) * LANES + lane] = float(exact[i][j][lane] * double(in.scale[b0 + i]) * double(W.scale[o]));
+      }
+}
+
+// J fp32 or bf16 panels (from p) times MB rows (from b0). A bf16 line's 32-bit words hold the
+// weights of k = 0 (low half) and k = 1 (high half): a shift and a mask widen them exactly.
+template <WeightKind K, int MB, int J>
+void avx2_float_pass(const Packed& W, int64_t p, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES], int jo) {
+  const int64_t steps = W.steps;
+  const uint32_t* x[MB];
+  UNROLL for (int i = 0; i < MB; i++) x[i] = &in.words[(b0 + i) * in.stride];
+  const __m256i high = _mm256_set1_epi32(int(0xFFFF0000u));
+  __m256 acc[MB][J][2];
+  UNROLL for (int i = 0; i < MB; i++)
+    UNROLL for (int j = 0; j < J; j++) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+  for (int64_t s = 0; s < steps; s++) {
+    UNROLL for (int j = 0; j < J; j++) {
+      const char* line = W.lines + ((p + j) * steps + s) * 64;
+      if constexpr (K == F32) {
+        const __m256 w0 = _mm256_loadu_ps(reinterpret_cast<const float*>(line));
+        const __m256 w1 = _mm256_loadu_ps(reinterpret_cast<const float*>(line + 32));
+        UNROLL for (int i = 0; i < MB; i++) {
+          const __m256 xs = _mm256_broadcast_ss(reinterpret_cast<const float*>(x[i] + s));
+          acc[i][j][0] = _mm256_fmadd_ps(w0, xs, acc[i][j][0]);
+          acc[i][j][1] = _mm256_fmadd_ps(w1, xs, acc[i][j][1]);
+        }
+      } else {
+        __m256 even[2], odd[2];
+        UNROLL for (int h = 0; h < 2; h++) {
+          const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
+          even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(words, 16));
+          odd[h] = _mm256_castsi256_ps(_mm256_and_si256(words, high));
+        }
+        UNROLL for (int i = 0; i < MB; i++) {
+          const __m256i word = _mm256_set1_epi32(int(x[i][s]));
+          const __m256 x0 = _mm256_castsi256_ps(_mm256_slli_epi32(word, 16));
+          const __m256 x1 = _mm256_castsi256_ps(_mm256_and_si256(word, high));
+          UNROLL for (int h = 0; h < 2; h++) {
+            acc[i][j][h] = _mm256_fmadd_ps(odd[h], x1, _mm256_fmadd_ps(even[h], x0, acc[i][j][h]));
+          }
+        }
+      }
+    }
+  }
+  UNROLL for (int i = 0; i < MB; i++)
+    UNROLL for (int j = 0; j < J; j++)
+      UNROLL for (int h = 0; h < 2; h++) _mm256_storeu_ps(&out[i][(jo + j) * LANES + 8 * h], acc[i][j][h]);
+}
+
+template <WeightKind K, int MB, int NB>
+void avx2_tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
+  constexpr int J = std::min(NB, avx2_panels<K == I8 ? 2 * MB : MB>);  // int8 keeps 4 accumulators a panel
+  int j = 0;
+  for (; j + J <= NB; j += J) {
+    if constexpr (K == I8) avx2_i8_pass<MB, J>(W, p0 + j, in, b0, out, j);
+    else avx2_float_pass<K, MB, J>(W, p0 + j, in, b0, out, j);
+  }
+  for (; j < NB; j++) {
+    if constexpr (K == I8) avx2_i8_pass<MB, 1>(W, p0 + j, in, b0, out, j);
+    else avx2_float_pass<K, MB, 1>(W, p0 + j, in, b0, out, j);
+  }
+}
+#endif
+
 // One tile: the products of NB panels (16 * NB outputs, from panel p0) with MB input rows
 // (from row b0), written to out[i][j * 16 + lane] in fp32 (bias and activation not applied).
 // Each weight line is loaded once for all MB rows, which is what makes a batch cheaper than
 // its rows one by one; a row's result does not depend on the other rows of the tile.
 template <WeightKind K, int MB, int NB>
 void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out)[NB_MAX * LANES]) {
+#if MICROGPT_AVX2
+  avx2_tile<K, MB, NB>(W, p0, in, b0, out);
+#else
   const int64_t steps = W.steps;
   const char* panel[NB];
   for (int j = 0; j < NB; j++) panel[j] = W.lines + (p0 + j) * steps * 64;
   const uint32_t* x[MB];
   for (int i = 0; i < MB; i++) x[i] = &in.words[(b0 + i) * in.stride];
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+#if MICROGPT_AVX512
   if constexpr (K == I8) {
     const uint32_t* lo[MB];
     for (int i = 0; i < MB; i++) lo[i] = &in.low[(b0 + i) * in.stride];
@@ -403,6 +549,7 @@ void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out
       }
     }
   }
+#endif
 #endif
 }
 
@@ -565,7 +712,18 @@ inline float softmax_in_place(float* scores, int64_t n) {
   return total;
 }
 
+// A batch's attention streams its KV cache from memory (every row has its own), and the hardware
+// prefetcher restarts at every 4 KiB page: rows this far ahead are asked for in advance.
+constexpr int64_t PREFETCH_BYTES = 4096;
+
+inline void prefetch(const void* from, int64_t bytes) {
+  const char* p = static_cast<const char*>(from) + PREFETCH_BYTES;
+  for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(p + at, _MM_HINT_T0);
+}
+
 #if defined(__AVX512F__)
+constexpr int64_t VECTOR = LANES;  // fp32 values per vector register
+
 // A head's row of keys or values as CH vectors of 16 fp32 (CH = head size / 16). fp32 rows load
 // as they are. bf16 rows load 32 values at a time: a shift of each 32-bit word gives the 16 even-
 // indexed values, a mask the 16 odd-indexed ones (exact, and half the work of widening 16 values
@@ -647,21 +805,44 @@ inline __m512 key_dot(const __m512 (&qv)[CH], const T* key) {
   return _mm512_add_ps(even, odd);
 }
 
-// A batch's attention streams its KV cache from memory (every row has its own), and the hardware
-// prefetcher restarts at every 4 KiB page: rows this far ahead are asked for in advance.
-constexpr int64_t PREFETCH_BYTES = 4096;
+#elif MICROGPT_AVX2
+constexpr int64_t VECTOR = 8;  // fp32 values per vector register
 
-inline void prefetch(const void* from, int64_t bytes) {
-  const char* p = static_cast<const char*>(from) + PREFETCH_BYTES;
-  for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(p + at, _MM_HINT_T0);
+// Attention with AVX2: the query and the output in CH registers of 8 fp32 (CH = head size / 8);
+// bf16 rows widen 8 values at a time, and rows are prefetched ahead as with AVX-512.
+template <typename T>
+inline __m256 eight(const T* row) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  } else {
+    return _mm256_loadu_ps(row);
+  }
+}
+
+// The four horizontal sums of a, b, c, d (the scores of four keys) in one 128-bit vector.
+inline __m128 sum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
 template <typename T, int CH>
-void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, float scale, float* scores,
-                      float* out) {
-  constexpr int64_t hs = CH * LANES;
-  __m512 qv[CH], even[CH], odd[CH], v0[CH], v1[CH];
-  arrange<T, CH>(q, scale, qv);
+inline __m256 key_dot(const __m256 (&qv)[CH], const T* key) {
+  __m256 even = _mm256_mul_ps(qv[0], eight(key)), odd = _mm256_setzero_ps();
+  for (int c = 1; c < CH; c++) {  // two chains, to hide the FMA latency
+    if (c % 2) odd = _mm256_fmadd_ps(qv[c], eight(key + 8 * c), odd);
+    else even = _mm256_fmadd_ps(qv[c], eight(key + 8 * c), even);
+  }
+  return _mm256_add_ps(even, odd);
+}
+
+#endif
+
+#if defined(__AVX512F__) || MICROGPT_AVX2
+// scores[t] = q . key t for n keys, four at a time (one reduction for four), keys prefetched ahead.
+template <typename T, int CH, typename Vector>
+void key_scores(const Vector (&qv)[CH], const T* keys, int64_t n, float* scores) {
+  constexpr int64_t hs = CH * VECTOR;
   int64_t t = 0;
   for (; t + 4 <= n; t += 4) {
     const T* key = keys + t * hs;
@@ -669,10 +850,22 @@ void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, f
     _mm_storeu_ps(scores + t, sum4(key_dot<T, CH>(qv, key), key_dot<T, CH>(qv, key + hs),
                                    key_dot<T, CH>(qv, key + 2 * hs), key_dot<T, CH>(qv, key + 3 * hs)));
   }
-  for (; t < n; t++) scores[t] = _mm512_reduce_add_ps(key_dot<T, CH>(qv, keys + t * hs));
+  const Vector zero{};
+  for (; t < n; t++) scores[t] = _mm_cvtss_f32(sum4(key_dot<T, CH>(qv, keys + t * hs), zero, zero, zero));
+}
+
+#if defined(__AVX512F__)
+template <typename T, int CH>
+void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, float scale, float* scores,
+                      float* out) {
+  constexpr int64_t hs = CH * LANES;
+  __m512 qv[CH], even[CH], odd[CH], v0[CH], v1[CH];
+  arrange<T, CH>(q, scale, qv);
+  key_scores<T, CH>(qv, keys, n, scores);
   const float total = softmax_in_place(scores, n);
   for (int c = 0; c < CH; c++) even[c] = odd[c] = _mm512_setzero_ps();
-  for (t = 0; t + 2 <= n; t += 2) {  // two chains per output vector, to hide the FMA latency
+  int64_t t = 0;
+  for (; t + 2 <= n; t += 2) {  // two chains per output vector, to hide the FMA latency
     const __m512 p0 = _mm512_set1_ps(scores[t]), p1 = _mm512_set1_ps(scores[t + 1]);
     const T* val = vals + t * hs;
     prefetch(val, 2 * hs * sizeof(T));
@@ -692,28 +885,50 @@ void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, f
   for (int c = 0; c < CH; c++) even[c] = _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inv);
   restore<T, CH>(even, out);
 }
+#else
+template <typename T, int CH>
+void attend_registers(const float* q, const T* keys, const T* vals, int64_t n, float scale, float* scores,
+                      float* out) {
+  constexpr int64_t hs = CH * 8;
+  __m256 qv[CH], acc[CH];
+  for (int c = 0; c < CH; c++) qv[c] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * c), _mm256_set1_ps(scale));
+  key_scores<T, CH>(qv, keys, n, scores);
+  const float total = softmax_in_place(scores, n);
+  for (int c = 0; c < CH; c++) acc[c] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < n; t++) {  // CH independent chains
+    const __m256 weight = _mm256_set1_ps(scores[t]);
+    const T* val = vals + t * hs;
+    prefetch(val, hs * sizeof(T));
+    for (int c = 0; c < CH; c++) acc[c] = _mm256_fmadd_ps(weight, eight(val + 8 * c), acc[c]);
+  }
+  const __m256 inv = _mm256_set1_ps(1.f / total);
+  for (int c = 0; c < CH; c++) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], inv));
+}
+#endif
+
+// attend_registers<T, CH> for a head of `chunks` vectors, where CH = chunks is one of 1 .. 128 / VECTOR.
+template <typename T, int CH = 1>
+bool attend_in_registers(int64_t chunks, const float* q, const T* keys, const T* vals, int64_t n, float scale,
+                         float* scores, float* out) {
+  if constexpr (CH * VECTOR > 128) {
+    return false;
+  } else {
+    if (chunks != CH) return attend_in_registers<T, CH + 1>(chunks, q, keys, vals, n, scale, scores, out);
+    attend_registers<T, CH>(q, keys, vals, n, scale, scores, out);
+    return true;
+  }
+}
 #endif
 
 // Softmax attention of one query head over the first n positions of its key/value head:
-// out = softmax(scale * K q) V. With AVX-512 and a head size of 16..128 the query and the output
-// live in registers for the whole pass; otherwise plain loops.
+// out = softmax(scale * K q) V. With AVX-512 or AVX2 and a head size of up to 128 (in whole vectors)
+// the query and the output live in registers for the whole pass; otherwise plain loops.
 template <typename T>
 void attend(const float* q, const T* keys, const T* vals, int64_t n, int64_t hs, float scale,
             std::vector<float>& scores, float* out) {
   scores.resize(n);
-#if defined(__AVX512F__)
-  if (hs % LANES == 0 && hs <= 8 * LANES) {
-    switch (hs / LANES) {
-      case 1: return attend_registers<T, 1>(q, keys, vals, n, scale, scores.data(), out);
-      case 2: return attend_registers<T, 2>(q, keys, vals, n, scale, scores.data(), out);
-      case 3: return attend_registers<T, 3>(q, keys, vals, n, scale, scores.data(), out);
-      case 4: return attend_registers<T, 4>(q, keys, vals, n, scale, scores.data(), out);
-      case 5: return attend_registers<T, 5>(q, keys, vals, n, scale, scores.data(), out);
-      case 6: return attend_registers<T, 6>(q, keys, vals, n, scale, scores.data(), out);
-      case 7: return attend_registers<T, 7>(q, keys, vals, n, scale, scores.data(), out);
-      default: return attend_registers<T, 8>(q, keys, vals, n, scale, scores.data(), out);
-    }
-  }
+#if defined(__AVX512F__) || MICROGPT_AVX2
+  if (hs % VECTOR == 0 && attend_in_registers<T>(hs / VECTOR, q, keys, vals, n, scale, scores.data(), out)) return;
 #endif
   for (int64_t t = 0; t < n; t++) {
     float dot = 0.f;
@@ -914,6 +1129,19 @@ class NativeModel {
   double eps_;
 };
 
+// The instruction sets this build's kernels use (the machine's own, at first use).
+std::string kernels() {
+#if MICROGPT_AMX
+  return "AVX-512 and AMX";
+#elif MICROGPT_AVX512
+  return "AVX-512";
+#elif MICROGPT_AVX2
+  return "AVX2";
+#else
+  return "portable C++";
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -923,4 +1151,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("step", &NativeModel::step, pybind11::call_guard<pybind11::gil_scoped_release>(), pybind11::arg("tokens"),
            pybind11::arg("positions"), pybind11::arg("k_cache"), pybind11::arg("v_cache"), pybind11::arg("threads") = 0,
            "Feed one token per row, write the KV caches, return fp32 logits (B, V)");
+  m.def("kernels", &kernels, "The instruction sets the kernels use");
 }
