@@ -224,7 +224,7 @@ inline void i8_finish(const Packed& W, int64_t p, __m512i acc_hi, __m512i acc_lo
 // The exact integer sums of MB rows' high and low input bytes with NB panels, into sums[i][j][0 or 1].
 // Out of line, and the high sums stored before the low ones: inlined into `tile` ahead of its finish,
 // or storing each output's pair together, GCC 12 kept every accumulator in two registers and copied
-// it twice per step (30 register moves for 16 products; the 32-row int8 step took 10% longer).
+// it twice per step (30 register moves for 16 products; the 32-row int8 step took 14-24% longer).
 template <int MB, int NB>
 __attribute__((noinline)) void i8_sums(const char* const (&panel)[NB], int64_t steps, const uint32_t* const (&x)[MB],
                                        const uint32_t* const (&lo)[MB], int32_t (*sums)[NB][2][LANES]) {
