@@ -205,8 +205,10 @@ struct Inputs {
 
 #if MICROGPT_AVX512
 // The 16 outputs of panel p of an int8 product from its exact integer sums over the high and the
-// low input bytes: the dot, then the two scales. Both int8 paths end here, so they agree bit for bit.
-inline void i8_finish(const Packed& W, int64_t p, __m512i acc_hi, __m512i acc_lo, float in_scale, float* out) {
+// low input bytes (16 each, 64-byte aligned): the dot, then the two scales. Both int8 paths end
+// here, so they agree bit for bit.
+inline void i8_finish(const Packed& W, int64_t p, const int32_t* hi, const int32_t* lo, float in_scale, float* out) {
+  const __m512i acc_hi = _mm512_load_si512(hi), acc_lo = _mm512_load_si512(lo);
   const __m512i sums = _mm512_loadu_si512(W.sums + p * LANES);
   const __m512 w_scale = _mm512_loadu_ps(W.scale + p * LANES);
   // 256 * (hi - 128 * sums) + lo overflows int32 for long rows: it is formed in fp64.
@@ -315,8 +317,7 @@ void amx_tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (
   }
   for (int j = 0; j < NB; j++) {
     for (int i = 0; i < AMX_ROWS && b0 + i < int64_t(in.scale.size()); i++) {
-      i8_finish(W, p0 + j, _mm512_load_si512(sums[2 * j][i]), _mm512_load_si512(sums[2 * j + 1][i]), in.scale[b0 + i],
-                &out[i][j * LANES]);
+      i8_finish(W, p0 + j, sums[2 * j][i], sums[2 * j + 1][i], in.scale[b0 + i], &out[i][j * LANES]);
     }
   }
 }
@@ -517,8 +518,7 @@ void tile(const Packed& W, int64_t p0, const Inputs& in, int64_t b0, float (*out
     i8_sums<MB, NB>(panel, steps, x, lo, sums);
     for (int i = 0; i < MB; i++)
       for (int j = 0; j < NB; j++)
-        i8_finish(W, p0 + j, _mm512_load_si512(sums[i][j][0]), _mm512_load_si512(sums[i][j][1]), in.scale[b0 + i],
-                  &out[i][j * LANES]);
+        i8_finish(W, p0 + j, sums[i][j][0], sums[i][j][1], in.scale[b0 + i], &out[i][j * LANES]);
   } else {
     __m512 acc[MB][NB];
     for (int i = 0; i < MB; i++)
