@@ -20,7 +20,6 @@ ninja are needed; the build is cached per machine, about 20 s the first time).
 
 from __future__ import annotations
 
-import functools
 import weakref
 from types import ModuleType
 
@@ -36,9 +35,8 @@ NORMS = {"layernorm": 0, "rmsnorm": 1}
 MLPS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "relu2": 3, "swiglu": 4}
 
 
-@functools.cache
 def extension() -> ModuleType:
-    return build("microgpt_native_decode", "native_decode.cpp")
+    return build("microgpt_native_decode")
 
 
 def kernels() -> str:
@@ -53,7 +51,9 @@ def _matrix(module: nn.Module, scales: list[torch.Tensor]) -> torch.Tensor:
     if isinstance(module, Int8Linear | QuantizedEmbedding):
         scales.append(module.scales.detach().float().contiguous())
         return module.qweight.detach().contiguous()
-    return module.weight.detach().contiguous()
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), f"{type(module).__name__} holds no weight matrix"  # int4
+    return weight.detach().contiguous()
 
 
 def _vector(v: torch.Tensor | None) -> torch.Tensor:
@@ -75,10 +75,11 @@ class NativeDecodeStep:
     def __init__(self, model: GPT) -> None:
         int8 = isinstance(model.wte, QuantizedEmbedding) and model.wte.kind == "int8"
         weight = model.wte.qweight if int8 else getattr(model.wte, "weight", None)
-        supported = isinstance(weight, torch.Tensor) and (
-            int8 or weight.dtype in (torch.float32, torch.bfloat16)
-        )
-        if not supported or weight.device.type != "cpu":
+        if not (
+            isinstance(weight, torch.Tensor)
+            and (int8 or weight.dtype in (torch.float32, torch.bfloat16))
+            and weight.device.type == "cpu"
+        ):
             what = f"{weight.dtype} on {weight.device}" if isinstance(weight, torch.Tensor) else "int4"
             raise ValueError(
                 f"the native step runs fp32 or bf16 (or int8-quantized) weights on CPU, not {what}"
