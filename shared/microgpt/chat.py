@@ -16,6 +16,14 @@ The prompt is BOS (where the tokenizer has one) + the rendered history + the new
 the token limit, without the one space after the colon. Newlines inside a message become
 spaces, so a message can never fake another turn.
 
+Training renders a finished conversation with the same template (`render_segments`): the
+text is the prompt of its last turn followed by " " + the reply, so every prompt a model
+sees when chatting is a prefix of what it was trained on. The pieces the assistant writes
+(its replies, each with its end marker: the stop string "\nUser:" before the next turn, or
+EOS after the last, which the data preparation appends) are marked; supervised finetuning
+puts the loss on those only. OpenAI-style roles map onto the two template roles in `to_turns`, for
+training data and for the inference service alike.
+
 Design choices a reader must know:
 
 - History is kept whole in `ChatSession.history`; each prompt takes the most recent turns
@@ -34,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from microgpt.model_source import add_model_arguments
 
 if TYPE_CHECKING:  # torch loads only when a session starts
     from microgpt.generate import Backend
@@ -46,6 +56,7 @@ if TYPE_CHECKING:  # torch loads only when a session starts
 
 USER, ASSISTANT = "User:", "Assistant:"
 STOP = "\n" + USER
+TEMPLATE_VERSION = 1  # bump when rendering changes: data prepared for SFT is then prepared again
 QUIT = "/quit"
 
 
@@ -64,6 +75,41 @@ def render(history: Sequence[Turn], user: str) -> str:
     """The prompt text (without BOS) for `user`'s message after `history`; see the module docstring."""
     lines = [f"{USER} {one_line(t.user)}\n{ASSISTANT} {one_line(t.assistant)}\n" for t in history]
     return "".join(lines) + f"{USER} {one_line(user)}\n{ASSISTANT}"
+
+
+def to_turns(messages: Iterable[tuple[str, str]]) -> tuple[list[Turn], str]:
+    """OpenAI-style (role, text) messages as template turns, and the user text after the last reply.
+
+    The template has two roles. System and developer messages have no line of their own:
+    their text goes in front of the next user message, and consecutive user messages are
+    joined into one line (by spaces). Each assistant message closes a turn; the user text
+    still waiting for a reply is returned apart ("" when the conversation ends with a reply).
+    """
+    turns: list[Turn] = []
+    pending: list[str] = []  # system and user text waiting for the next assistant line
+    for role, text in messages:
+        if role == "assistant":
+            turns.append(Turn(" ".join(pending), text))
+            pending = []
+        elif text:
+            pending.append(text)
+    return turns, " ".join(pending)
+
+
+def render_segments(turns: Sequence[Turn]) -> list[tuple[str, bool]]:
+    """A finished conversation as training text, in pieces marked True where the assistant writes.
+
+    Joined, the pieces are `render(turns[:-1], turns[-1].user)` + " " + the last reply. A reply's
+    piece starts with the space after "Assistant:" (the model writes it) and, when another turn
+    follows, ends with STOP ("\nUser:"): the model learns to end its turn with the very string
+    that stops a reply. After the last reply comes EOS, which the data preparation appends.
+    """
+    pieces: list[tuple[str, bool]] = []
+    for i, turn in enumerate(turns):
+        question = f"{USER} {one_line(turn.user)}\n{ASSISTANT}"
+        pieces.append((question[len(USER) :] if i else question, False))  # "User:" ended the last reply
+        pieces.append((f" {one_line(turn.assistant)}{STOP if i < len(turns) - 1 else ''}", True))
+    return pieces
 
 
 def fit_prompt(
@@ -152,10 +198,10 @@ class ChatSession:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from microgpt.checkpoint import load_text_checkpoint
+    from microgpt.loading import load_model
     from microgpt.sampling import SamplingParams
 
-    ckpt = load_text_checkpoint(args.checkpoint)
+    ckpt = load_model(args.checkpoint, precision=args.precision)
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -163,7 +209,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         seed=args.seed,
     )
-    session = ChatSession(ckpt.model, ckpt.tokenizer, params, backend=args.backend)
+    session = ChatSession(ckpt.model, ckpt.text_tokenizer(), params, backend=args.backend)
     interactive = sys.stdin.isatty()
     if interactive:
         print(
@@ -198,7 +244,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `chat` to the main parser's subcommands."""
     p = subparsers.add_parser("chat", help="chat with a checkpoint (streams replies; reads stdin lines)")
-    p.add_argument("checkpoint", help="checkpoint directory")
+    add_model_arguments(p)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=1.0)

@@ -10,7 +10,11 @@
 Why this shape: safetensors and JSON hold only data, so loading a checkpoint can
 never run code (pickle, and so `torch.load`, can); every byte of weight and state is
 covered by a sha256 in config.json, so a truncated, corrupted or edited file is an
-error naming that file, not a model that quietly computes something else.
+error naming that file, not a model that quietly computes something else. The config's
+sizes are bounded and the weights file's header must describe exactly its model before
+anything is allocated (`microgpt.checkpoint_check`), so a hostile config.json cannot make a
+loader build a model bigger than the file. Files are byte-reproducible
+(`microgpt.stable_safetensors`): the same weights give the same sha256 in any process.
 
 Writing is atomic. Everything is written and fsynced in a temporary directory beside
 the target, which is then renamed into place; an existing checkpoint is renamed aside
@@ -19,6 +23,9 @@ or (only if the crash falls between the two renames) at `.{name}.old-*` beside i
 
     save_checkpoint("runs/names", model, tokenizer=tok, preset="names")
     ckpt = load_checkpoint("runs/names")  # ckpt.model is a GPT in eval mode
+
+`load_checkpoint` reads the float weights (and the optimizer state training resumes from);
+callers that run a model at a precision, or by registry ref, use `microgpt.loading.load_model`.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from safetensors import safe_open
@@ -41,13 +47,20 @@ from torch import nn
 
 from microgpt import __version__
 from microgpt.atomic import atomic_directory
+from microgpt.checkpoint_check import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    check_model_bounds,
+    check_weights_file,
+)
 from microgpt.config import GPTConfig
+from microgpt.digest import file_sha256
 from microgpt.model import GPT
+from microgpt.stable_safetensors import save_safetensors
 from microgpt.tokenizers import Tokenizer, tokenizer_from_json
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -56,10 +69,6 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 _OPTIMIZER_META_KEY = "microgpt.optimizer_state"
 _TIED_META_KEY = "microgpt.tied"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or used; the message names the offending file."""
 
 
 class CheckpointConfig(BaseModel):
@@ -137,11 +146,11 @@ def save_checkpoint(
         state_json = _dump_json(dict(trainer_state), what="trainer_state", allow_nan=True)
     metadata = dict(metadata or {})
     _dump_json(metadata, what="metadata", allow_nan=False)
-    _check_replaceable(target)
+    check_replaceable(target)
 
     with atomic_directory(target) as tmp:
         files: dict[str, str] = {}
-        tensors, tied = _weights_to_save(gpt)
+        tensors, tied = stored_tensors(gpt)
         _save_safetensors(tensors, tmp / MODEL_FILE, {_TIED_META_KEY: json.dumps(tied)})
         files[MODEL_FILE] = _seal(tmp / MODEL_FILE)
         if tokenizer is not None:
@@ -179,8 +188,9 @@ def _unwrap(model: nn.Module) -> GPT:
     return seen
 
 
-def _weights_to_save(model: GPT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict with each shared tensor once, and {alias: stored name} for the rest."""
+def stored_tensors(model: GPT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with each shared tensor once (on the CPU), and {alias: stored name} for
+    the rest: the tensors a checkpoint stores, which quantization and benchmarks start from."""
     tensors: dict[str, torch.Tensor] = {}
     tied: dict[str, str] = {}
     owner: dict[tuple[Any, ...], str] = {}
@@ -200,7 +210,7 @@ def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    safetensors.torch.save_file(tensors, path, metadata={"format": "pt", **meta})
+    save_safetensors(path, tensors, {"format": "pt", **meta})
 
 
 def _flatten_optimizer_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
@@ -294,8 +304,11 @@ def seal_derived(directory: Path, source: Checkpoint, metadata: Mapping[str, Any
     _seal(directory / CONFIG_FILE)
 
 
-def _check_replaceable(target: Path) -> None:
-    """Only a checkpoint (or an empty directory) may be replaced: never delete other data."""
+def check_replaceable(target: str | os.PathLike[str]) -> None:
+    """Refuse (CheckpointError) unless `target` is absent, empty or a checkpoint: only a checkpoint
+    may be replaced, never other data. Writers of derived directories (quantized copies, exports)
+    call it before replacing their output atomically, as save_checkpoint does."""
+    target = Path(target)
     if not target.exists() and not target.is_symlink():
         return
     if target.is_symlink() or not target.is_dir():
@@ -310,24 +323,31 @@ def _check_replaceable(target: Path) -> None:
 # --- loading --------------------------------------------------------------------------
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; anything else is a CheckpointError naming the file."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 def read_config(path: str | os.PathLike[str]) -> CheckpointConfig:
     """Read and validate `path/config.json` alone (no weights are touched)."""
     root = _checkpoint_dir(Path(path))
     cfg_path = root / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path} is missing; {root} is not a microgpt checkpoint")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{cfg_path} must hold a JSON object, got {type(raw).__name__}")
+    raw = _json_object(cfg_path)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{cfg_path} has format_version {version!r}; this microgpt ({__version__}) reads "
             f"format_version {FORMAT_VERSION}"
         )
+    check_model_bounds(raw.get("model"), str(cfg_path))  # before pydantic builds anything from them
     try:
         return CheckpointConfig.model_validate(raw)
     except ValidationError as e:
@@ -343,15 +363,16 @@ def load_checkpoint(
     """Load and verify a checkpoint; the model comes back in eval mode on `device`.
 
     `dtype` casts the floating-point weights; None keeps the dtype they were saved in.
-    Nothing is unpickled: weights come only from safetensors, state only from JSON.
+    Nothing is unpickled: weights come only from safetensors, state only from JSON. The config's
+    sizes are bounded and the weights file's header must describe exactly the config's model
+    before anything is allocated, so the model built is no bigger than the file.
     """
     root = _checkpoint_dir(Path(path))
     cfg = read_config(root)
     tensors = _read_weights(root, cfg)
     with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the caller's RNG
         model = GPT(cfg.model)
-    _check_weights(root / MODEL_FILE, model, tensors, cfg)
-    _, tied = _weights_to_save(model)  # the model's own ties, e.g. lm_head.weight -> wte.weight
+    _, tied = stored_tensors(model)  # the model's own ties, e.g. lm_head.weight -> wte.weight
     for alias, stored in tied.items():
         tensors[alias] = tensors[stored]
     model.load_state_dict(tensors, strict=True)
@@ -359,32 +380,8 @@ def load_checkpoint(
     model.to(device=device, dtype=dtype or saved_dtype)
     model.eval()
 
-    tokenizer = None
-    if TOKENIZER_FILE in cfg.files:
-        tok_path = _verified(root, TOKENIZER_FILE, cfg)
-        try:
-            tokenizer = tokenizer_from_json(json.loads(tok_path.read_text(encoding="utf-8")))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{tok_path} is not a valid tokenizer: {e}") from e
-        if tokenizer.vocab_size > cfg.model.vocab_size:
-            raise CheckpointError(
-                f"{tok_path} has {tokenizer.vocab_size} ids but {CONFIG_FILE} gives the model "
-                f"vocab_size {cfg.model.vocab_size}"
-            )
-    else:
-        _refuse_unlisted(root, TOKENIZER_FILE)
-
-    trainer_state = None
-    if TRAINER_STATE_FILE in cfg.files:
-        state_path = _verified(root, TRAINER_STATE_FILE, cfg)
-        try:
-            trainer_state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{state_path} is not valid JSON: {e}") from e
-        if not isinstance(trainer_state, dict):
-            raise CheckpointError(f"{state_path} must hold a JSON object")
-    else:
-        _refuse_unlisted(root, TRAINER_STATE_FILE)
+    tokenizer = read_tokenizer(root, cfg)
+    trainer_state = read_trainer_state(root, cfg)
 
     return Checkpoint(
         path=root,
@@ -398,12 +395,31 @@ def load_checkpoint(
     )
 
 
-def load_text_checkpoint(path: str | os.PathLike[str], **kwargs: Any) -> Checkpoint:
-    """`load_checkpoint` for text generation: the checkpoint must have its tokenizer.json."""
-    ckpt = load_checkpoint(path, **kwargs)
-    if ckpt.tokenizer is None:
-        raise CheckpointError(f"{path} has no {TOKENIZER_FILE}, so it cannot turn text into tokens")
-    return ckpt
+def read_tokenizer(root: Path, cfg: CheckpointConfig) -> Tokenizer | None:
+    """The verified tokenizer.json of the checkpoint at `root` (None without one), checked to fit
+    the model's vocab_size: the one tokenizer check for float and quantized weights alike."""
+    if TOKENIZER_FILE not in cfg.files:
+        _refuse_unlisted(root, TOKENIZER_FILE)
+        return None
+    tok_path = verified_file(root, TOKENIZER_FILE, cfg)
+    try:
+        tokenizer = tokenizer_from_json(json.loads(tok_path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{tok_path} is not a valid tokenizer: {e}") from e
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise CheckpointError(
+            f"{tok_path} has {tokenizer.vocab_size} ids but {CONFIG_FILE} gives the model "
+            f"vocab_size {cfg.model.vocab_size}"
+        )
+    return tokenizer
+
+
+def read_trainer_state(root: Path, cfg: CheckpointConfig) -> dict[str, Any] | None:
+    """The verified trainer_state.json of the checkpoint at `root`, None without one."""
+    if TRAINER_STATE_FILE not in cfg.files:
+        _refuse_unlisted(root, TRAINER_STATE_FILE)
+        return None
+    return _json_object(verified_file(root, TRAINER_STATE_FILE, cfg))
 
 
 def load_optimizer_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> None:
@@ -416,7 +432,7 @@ def load_optimizer_state(path: str | os.PathLike[str], optimizer: torch.optim.Op
     if OPTIMIZER_FILE not in cfg.files:
         _refuse_unlisted(root, OPTIMIZER_FILE)
         raise CheckpointError(f"{root / OPTIMIZER_FILE} does not exist: saved without optimizer")
-    opt_path = _verified(root, OPTIMIZER_FILE, cfg)
+    opt_path = verified_file(root, OPTIMIZER_FILE, cfg)
     with _open_safetensors(opt_path) as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
@@ -471,22 +487,15 @@ def _looks_like_pickle(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or is_pickle
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verified(root: Path, name: str, cfg: CheckpointConfig) -> Path:
-    """`root/name` after checking it exists, is no pickle, and matches its sha256."""
+def verified_file(root: Path, name: str, cfg: CheckpointConfig) -> Path:
+    """`root/name` after checking it exists, is no pickle, and matches its sha256 in `cfg`:
+    for readers of files a checkpoint holds beside the float weights (quantized weights)."""
     path = root / name
     if not path.is_file():
         raise CheckpointError(f"{path} is missing, though {CONFIG_FILE} lists it")
     if _looks_like_pickle(path):
         raise CheckpointError(_pickle_message(path))
-    actual, expected = _sha256(path), cfg.files[name]
+    actual, expected = file_sha256(path), cfg.files[name]
     if actual != expected:
         if name.endswith(".safetensors"):
             with _open_safetensors(path):
@@ -520,44 +529,11 @@ def _open_safetensors(path: Path) -> Iterator[Any]:
 def _read_weights(root: Path, cfg: CheckpointConfig) -> dict[str, torch.Tensor]:
     if MODEL_FILE not in cfg.files:
         raise CheckpointError(f"{root / CONFIG_FILE} lists no sha256 for {MODEL_FILE}")
-    path = _verified(root, MODEL_FILE, cfg)
+    path = verified_file(root, MODEL_FILE, cfg)
+    with open(path, "rb") as header:
+        check_weights_file(header, path.stat().st_size, MODEL_FILE, cfg.model, cfg.metadata, str(root))
     with _open_safetensors(path) as f:
         try:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
         except Exception as e:
             raise CheckpointError(f"{path} is truncated or corrupt: {e}") from e
-
-
-def _check_weights(
-    path: Path, model: GPT, tensors: Mapping[str, torch.Tensor], cfg: CheckpointConfig
-) -> None:
-    """The stored tensors must be exactly the model's (shared ones once), with its shapes."""
-    expected, _ = _weights_to_save(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [
-        f"{name} {tuple(tensors[name].shape)} (config.json's model needs {tuple(t.shape)})"
-        for name, t in expected.items()
-        if name in tensors and tensors[name].shape != t.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_some(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {_some(wrong)}")
-    not_float = [n for n, t in tensors.items() if not t.is_floating_point()]
-    if not_float:
-        problems.append(f"non-float tensors {_some(not_float)}")
-    if problems:
-        raise CheckpointError(
-            f"{path} does not match the model in {CONFIG_FILE} "
-            f"(n_layer={cfg.model.n_layer}, n_embd={cfg.model.n_embd}, "
-            f"vocab_size={cfg.model.vocab_size}): " + "; ".join(problems)
-        )
-
-
-def _some(items: list[str], limit: int = 5) -> str:
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more

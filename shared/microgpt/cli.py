@@ -8,6 +8,9 @@
     microgpt eval CKPT --data names-32k           # loss, perplexity, bits per byte
     microgpt chat CKPT                            # interactive, streamed
     microgpt bench generate                       # decode speed vs this machine's ceilings
+    microgpt build-kernels                        # compile the C++ kernels now (make install does)
+    microgpt inspect lens CKPT --text "ROMEO:" --out lens.png   # look inside: attention, lens, heads...
+    microgpt plot runs/a runs/b --out curves.png  # training curves, runs overlaid
 
 Every expected failure (bad path, bad checkpoint, bad parameter) prints one line
 on stderr and exits with code 2, never a traceback.
@@ -18,21 +21,29 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from microgpt.bench.serve import register_bench as register_serve_bench
 from microgpt.chat import register as register_chat
+from microgpt.cpp import register as register_build_kernels
+from microgpt.curves import register as register_plot
 from microgpt.data.cli import register as register_data
 from microgpt.evaluate import register as register_eval
 from microgpt.export import register as register_export
+from microgpt.interpret.cli import register as register_inspect
 from microgpt.jobs_cli import register as register_jobs
+from microgpt.model_source import add_model_arguments
 from microgpt.registry.cli import register as register_registry
 from microgpt.registry.cli import register_bench as register_registry_bench
-from microgpt.serve import register as register_serve
+from microgpt.service_entry import ServicesMissing, service_entry
 from microgpt.serving.cli import register as register_quantize
 from microgpt.serving.cli import register_bench as register_serving_bench
 from microgpt.tokenizers.cli import register as register_tokenizer
 from microgpt.tokenizers.cli import register_bench as register_tokenizer_bench
 from microgpt.train.cli import register as register_train
+
+if TYPE_CHECKING:
+    from microgpt.reference import TrainResult  # the reference engine is imported only when used
 
 EXIT_USAGE = 2
 
@@ -68,11 +79,12 @@ def cmd_zoo(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from microgpt.checkpoint import load_text_checkpoint
+    from microgpt.loading import load_model
     from microgpt.sampling import SamplingParams
     from microgpt.textgen import complete, stream_text
 
-    ckpt = load_text_checkpoint(args.checkpoint)
+    ckpt = load_model(args.checkpoint, precision=args.precision)
+    tokenizer = ckpt.text_tokenizer()
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -85,7 +97,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     )
     if args.stream:
         print(args.prompt, end="", flush=True)
-        for delta in stream_text(ckpt.model, ckpt.tokenizer, args.prompt, params, backend=args.backend):
+        for delta in stream_text(ckpt.model, tokenizer, args.prompt, params, backend=args.backend):
             print(delta, end="", flush=True)
         print()
         return
@@ -95,7 +107,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         for i in range(args.num_samples)
     ]
     prompts = [args.prompt] * args.num_samples
-    for completion in complete(ckpt.model, ckpt.tokenizer, prompts, per_sample, backend=args.backend):
+    for completion in complete(ckpt.model, tokenizer, prompts, per_sample, backend=args.backend):
         print(args.prompt + completion.text)
 
 
@@ -114,7 +126,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
         print(f"saved a checkpoint to {args.out}; try: microgpt sample {args.out}")
 
 
-def save_reference_checkpoint(result: object, out: str) -> None:
+def save_reference_checkpoint(result: TrainResult, out: str) -> None:
     """The reference engine's weights as a torch checkpoint: same names, same math."""
     import torch
 
@@ -132,12 +144,13 @@ def save_reference_checkpoint(result: object, out: str) -> None:
 
 
 def cmd_bench_generate(args: argparse.Namespace) -> None:
-    from microgpt.bench.generate import PRECISIONS, run
+    from microgpt.bench.generate import run
     from microgpt.generate import BACKENDS
+    from microgpt.quantize import FLOAT_DTYPES
 
     for name in args.precision:
-        if name not in PRECISIONS:
-            raise ValueError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")
+        if name not in FLOAT_DTYPES:
+            raise ValueError(f"unknown precision {name!r}; choose from {', '.join(FLOAT_DTYPES)}")
     for name in args.backend:
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
@@ -170,6 +183,28 @@ def cmd_bench_prepare(args: argparse.Namespace) -> None:
         raise ValueError("peak RSS reached 1 GiB: preparation is not streaming")
 
 
+SERVICE_COMMANDS = ("serve", "worker", "ui", "up")  # registered by services/launch.py
+
+
+def register_service_commands(commands: argparse._SubParsersAction) -> None:
+    """`serve`, `worker`, `ui` and `up` start services, so they live with them (`services.launch`);
+    where the services are not installed, each of them says so in one line."""
+    try:
+        register = service_entry("services.launch", "register")
+    except ServicesMissing as e:
+        missing = e
+        for name in SERVICE_COMMANDS:
+            parser = commands.add_parser(name, help="(needs microgpt's services)")
+            parser.add_argument("args", nargs=argparse.REMAINDER)
+            parser.set_defaults(run=lambda args: _raise(missing))
+        return
+    register(commands)
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -177,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("zoo", help="list the model presets").set_defaults(run=cmd_zoo)
 
     sample = commands.add_parser("sample", help="generate text from a checkpoint")
-    sample.add_argument("checkpoint", help="checkpoint directory")
+    add_model_arguments(sample)
     sample.add_argument("--prompt", default="", help="text to continue (default: from BOS)")
     sample.add_argument("-n", "--num-samples", type=int, default=5)
     sample.add_argument("--max-new-tokens", type=int, default=200)
@@ -210,9 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     register_chat(commands)
     register_quantize(commands)
     register_export(commands)
+    register_inspect(commands)
+    register_plot(commands)
     register_registry(commands)
-    register_serve(commands)
+    register_service_commands(commands)
     register_jobs(commands)
+    register_build_kernels(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", required=True
@@ -221,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_registry_bench(bench)
     register_serve_bench(bench)
     bench_train = bench.add_parser("train", help="training recipes: loss reached, time, tokens/s and MFU")
-    bench_train.add_argument("--only", nargs="+", help="shakespeare-cpu, shakespeare and/or names")
+    bench_train.add_argument("--only", nargs="+", help="shakespeare-cpu, shakespeare, names and/or chat-tiny")
     bench_train.set_defaults(run=cmd_bench_train)
     prep = bench.add_parser("prepare", help="prepare a synthetic corpus: MB/s and peak RSS")
     prep.add_argument("--size-gb", type=float, default=1.0)

@@ -8,7 +8,7 @@ Derived values (head size, MLP width, KV heads) live here as properties, in one 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
-    def updated(self, **overrides: object) -> _Strict:
+    def updated(self, **overrides: object) -> Self:
         """A validated copy with some fields replaced (unknown keys are refused)."""
         return type(self).model_validate({**self.model_dump(), **overrides})
 
@@ -81,6 +81,11 @@ class GPTConfig(_Strict):
         return 4 * self.n_embd
 
 
+# What supervised finetuning sets on a recipe (`microgpt finetune --sft`, the trainer's sft jobs):
+# the loss on assistant turns of whole conversations, from the first step.
+SFT_SETTINGS: dict[str, object] = {"loss_on": "assistant", "data_mode": "documents", "pretrain_fraction": 0.0}
+
+
 class TrainConfig(_Strict):
     """The recipe a preset carries; the training loop reads it."""
 
@@ -98,6 +103,11 @@ class TrainConfig(_Strict):
     grad_clip: float = 1.0  # 0 disables clipping
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 master weights
     data_mode: Literal["documents", "stream"] = "stream"
+    # "assistant": supervised finetuning on conversations (messages JSONL): the loss falls on what
+    # the assistant writes only, after the first `pretrain_fraction` of the steps, which train on
+    # every token of the same conversations (language modelling before finetuning, one run).
+    loss_on: Literal["all", "assistant"] = "all"
+    pretrain_fraction: float = 0.0
     dataset: str | None = None
     tokenizer: str = "char"
     eval_interval: int = 250
@@ -106,15 +116,33 @@ class TrainConfig(_Strict):
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0  # an improvement smaller than this does not count
     compile: bool = False  # torch.compile the model (Inductor); numerics may differ in the last bits
+    # Record microgpt.interpret.probe (induction score, attention entropy) in metrics.jsonl every
+    # this many steps (0: never), to see when induction heads form; it leaves the losses unchanged.
+    interpret_every: int = 0
     seed: int = 1337
+
+    @property
+    def pretrain_steps(self) -> int:
+        """Steps that train on every token before loss_on=assistant applies (0 without it)."""
+        return int(self.pretrain_fraction * self.max_steps)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.interpret_every < 0:
+            raise ValueError(f"interpret_every must be >= 0, got {self.interpret_every}")
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
             raise ValueError("early_stopping_patience and early_stopping_min_delta must be >= 0")
+        if not 0.0 <= self.pretrain_fraction < 1.0:
+            raise ValueError(f"pretrain_fraction must be in [0, 1), got {self.pretrain_fraction}")
+        if self.pretrain_fraction and self.loss_on != "assistant":
+            raise ValueError(
+                "pretrain_fraction comes before training on assistant turns: set loss_on=assistant"
+            )
+        if self.loss_on == "assistant" and self.data_mode != "documents":
+            raise ValueError("loss_on=assistant reads whole conversations: set data_mode=documents")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         return self

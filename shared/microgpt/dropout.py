@@ -13,7 +13,6 @@ Other devices (whose kernels are fast already) and dtypes other than fp32, bf16 
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 from typing import Any
 
@@ -27,10 +26,9 @@ LANES = 65536  # mask lanes are 16-bit: p is rounded to a multiple of 1/65536
 HASHED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)  # the kernel's; others use torch's
 
 
-@functools.cache
 def extension() -> ModuleType:
     """Compile (once per machine, then cached) and import the kernel."""
-    return build("microgpt_hash_dropout", "hash_dropout.cpp")
+    return build("microgpt_hash_dropout")
 
 
 def hash_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:

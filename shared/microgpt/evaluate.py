@@ -2,6 +2,7 @@
 
     microgpt eval runs/names/checkpoint --data names-32k            # the val split
     microgpt eval runs/shakespeare/checkpoint --data input.txt --split train --max-batches 50
+    microgpt eval runs/chat-tiny/checkpoint --tasks add,reverse,names   # accuracy: microgpt.task_eval
 
     result = evaluate_checkpoint("runs/names/checkpoint", "names-32k", cache_dir=cache)
     result.loss, result.perplexity, result.bits_per_byte
@@ -32,11 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from microgpt.model_source import add_model_arguments
+
 if TYPE_CHECKING:  # torch and numpy load only when a command runs
     import numpy as np
 
     from microgpt.data.shards import SplitReader
+    from microgpt.data.sources import Mode
     from microgpt.model import GPT
+    from microgpt.precision import Precision
     from microgpt.tokenizers import Tokenizer
 
 DEFAULT_BATCH_SIZE = 8
@@ -72,7 +77,8 @@ def evaluate_checkpoint(
     split: str = "val",
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_batches: int | None = None,
-    mode: str | None = None,
+    mode: Mode | None = None,
+    precision: Precision | None = None,
     device: str = "cpu",
 ) -> EvalResult:
     """Load the checkpoint at `ckpt_path`, prepare `data` with its tokenizer and evaluate one split.
@@ -81,7 +87,7 @@ def evaluate_checkpoint(
     directory. `mode` overrides the data mode (default: the checkpoint's training mode,
     else the data set's). Every problem is a ValueError naming it.
     """
-    from microgpt.checkpoint import load_checkpoint
+    from microgpt.loading import load_model
 
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -89,13 +95,12 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
-    ckpt = load_checkpoint(ckpt_path, device=device)
-    if ckpt.tokenizer is None:
-        raise ValueError(f"{ckpt_path} has no tokenizer.json, so its tokens cannot be matched to text")
+    ckpt = load_model(ckpt_path, precision=precision, device=device)
+    tokenizer = ckpt.text_tokenizer()
     trained_mode = (ckpt.trainer_state or {}).get("train", {}).get("data_mode")
-    prepared = prepare_for(ckpt.tokenizer, data, cache_dir=cache_dir, mode=mode, default_mode=trained_mode)
+    prepared = prepare_for(tokenizer, data, cache_dir=cache_dir, mode=mode, default_mode=trained_mode)
     return evaluate_prepared(
-        ckpt.model, ckpt.tokenizer, prepared, split=split, batch_size=batch_size, max_batches=max_batches
+        ckpt.model, tokenizer, prepared, split=split, batch_size=batch_size, max_batches=max_batches
     )
 
 
@@ -104,8 +109,8 @@ def prepare_for(
     data: str,
     *,
     cache_dir: str | os.PathLike[str],
-    mode: str | None = None,
-    default_mode: str | None = None,
+    mode: Mode | None = None,
+    default_mode: Mode | None = None,
 ) -> Path:
     """`data` prepared with exactly `tokenizer`: a prepared directory checked, anything else prepared.
 
@@ -231,7 +236,8 @@ class _ByteCounter:
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer, self.carry, self.bytes = tokenizer, [], 0
+        self.tokenizer, self.bytes = tokenizer, 0
+        self.carry: list[int] = []
 
     def add(self, ids: list[int], *, new_range: bool) -> None:
         if new_range:
@@ -260,14 +266,25 @@ class _ByteCounter:
 def cmd_eval(args: argparse.Namespace) -> None:
     from microgpt.settings import get_settings
 
+    if args.tasks is not None:
+        _cmd_eval_tasks(args)
+        return
+    if args.data is None:
+        raise ValueError("give --data (loss, perplexity, bits per byte) or --tasks (accuracy per task)")
+    if args.limit is not None:
+        raise ValueError("--limit is for --tasks; a loss evaluation stops early with --max-batches")
+    split = args.split or "val"
+    if split not in ("train", "val"):
+        raise ValueError(f"--split {split} is for --tasks; a loss evaluation reads val or train")
     result = evaluate_checkpoint(
         args.checkpoint,
         args.data,
         cache_dir=get_settings().cache,
-        split=args.split,
-        batch_size=args.batch_size,
+        split=split,
+        batch_size=args.batch_size if args.batch_size is not None else DEFAULT_BATCH_SIZE,
         max_batches=args.max_batches,
         mode=args.mode,
+        precision=args.precision,
         device=args.device,
     )
     print(f"loss        {result.loss:.4f}")
@@ -279,17 +296,60 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_eval_tasks(args: argparse.Namespace) -> None:
+    from microgpt.settings import get_settings
+    from microgpt.task_eval import DEFAULT_BATCH_SIZE as REPLIES_PER_BATCH
+    from microgpt.task_eval import evaluate_checkpoint_tasks, report
+
+    if args.max_batches is not None or args.mode is not None:
+        raise ValueError("--max-batches and --mode are for loss evaluations; --tasks takes --limit")
+    split = args.split or "test"
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"--tasks reads the train, validation or test split, not {split}")
+    scores = evaluate_checkpoint_tasks(
+        args.checkpoint,
+        args.tasks,
+        cache_dir=get_settings().cache,
+        data=args.data,
+        split=split,
+        limit=args.limit,
+        batch_size=args.batch_size if args.batch_size is not None else REPLIES_PER_BATCH,
+        device=args.device,
+        precision=args.precision,
+    )
+    print(report(scores))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `eval` to the main parser's subcommands."""
-    p = subparsers.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on a data set")
-    p.add_argument("checkpoint", help="checkpoint directory")
+    p = subparsers.add_parser(
+        "eval", help="loss, perplexity and bits per byte on a data set; or accuracy per task (--tasks)"
+    )
+    add_model_arguments(p)
     p.add_argument(
         "--data",
-        required=True,
-        help="built-in data set, text/JSONL file, directory, glob or prepared directory",
+        default=None,
+        help="built-in data set, text/JSONL file, directory, glob or prepared directory; with --tasks, "
+        "a messages JSONL file (default: the built-in tasks' split)",
     )
-    p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="accuracy per task with greedy replies, e.g. add,reverse,names or all (microgpt.task_eval)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["val", "train", "validation", "test"],
+        default=None,
+        help="val or train for a loss (default val); test, validation or train for --tasks (default test)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="--tasks: the first N conversations of each task")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"windows per forward pass (default {DEFAULT_BATCH_SIZE}); replies per batch with --tasks (64)",
+    )
     p.add_argument(
         "--max-batches", type=int, default=None, help="stop after N batches (default: the whole split)"
     )

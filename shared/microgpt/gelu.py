@@ -8,7 +8,6 @@ code being traced by torch.compile (which fuses GELU itself) use torch's.
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 from typing import Any
 
@@ -18,9 +17,8 @@ import torch.nn.functional as F
 from microgpt.cpp import build
 
 
-@functools.cache
 def extension() -> ModuleType:
-    return build("microgpt_gelu", "gelu.cpp")
+    return build("microgpt_gelu")
 
 
 class _GeluTanh(torch.autograd.Function):

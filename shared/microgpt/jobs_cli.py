@@ -3,6 +3,9 @@
     microgpt jobs submit --preset micro --dataset names --set train.max_steps=500 --watch
     microgpt jobs submit --kind finetune --base-model names@prod --dataset my-names --lora-rank 8
     microgpt jobs submit --kind quantize --base-model names/3 --quantize-mode int8
+    microgpt jobs submit --preset chat-tiny --watch                    # a chat model: pretraining, then SFT
+    microgpt jobs submit --kind sft --base-model chat-tiny --dataset my-chats   # SFT on your conversations
+    microgpt jobs submit --kind evaluate --base-model chat-tiny --tasks add,reverse,names
     microgpt jobs submit --spec job.json             # a JobSpec as JSON (see the README)
     microgpt jobs ls --state running
     microgpt jobs show JOB_ID
@@ -18,79 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-class TrainerClient:
-    """A small httpx client of the job API."""
-
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    @classmethod
-    def from_settings(cls) -> TrainerClient:
-        from microgpt.settings import get_settings
-
-        settings = get_settings()
-        keys = sorted(settings.api_keys())
-        return cls(settings.trainer_url, keys[0] if keys else None)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            raise OSError(f"cannot reach the trainer at {self.base_url}: {e}") from None
-        if response.status_code >= 400:
-            raise ValueError(describe_error(response))
-        return response.json()
-
-    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(event, data) pairs of the job's Server-Sent Events stream, until it ends."""
-        import httpx
-
-        try:
-            with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=None) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise ValueError(describe_error(response))
-                event, data = "message", []
-                for line in response.iter_lines():
-                    if not line:
-                        if data:
-                            yield event, json.loads("\n".join(data))
-                        event, data = "message", []
-                    elif line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[5:].strip())
-        except httpx.TransportError as e:
-            raise OSError(f"lost the event stream of job {job_id}: {e}") from None
-
-
-def describe_error(response: Any) -> str:
-    """`HTTP 422: train.lr: Input should be ...` from the service's {"error", "detail"} body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-    detail = body.get("detail") if isinstance(body, dict) else body
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            loc = [str(p) for p in item.get("loc", []) if p not in ("body", "query")]
-            parts.append(f"{'.'.join(loc) or 'request'}: {item.get('msg', '')}")
-        detail = "; ".join(parts)
-    return f"HTTP {response.status_code} {body.get('error', '') if isinstance(body, dict) else ''}: {detail}"
+from microgpt.clients.trainer import KINDS, Job, TrainerClient
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,45 +52,52 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec["lora"] = {"rank": args.lora_rank}
     if args.quantize_mode is not None:
         spec["quantize"] = {"mode": args.quantize_mode}
+    if args.tasks is not None:
+        spec["evaluate"] = {**spec.get("evaluate", {}), "tasks": [t for t in args.tasks.split(",") if t]}
     return spec
 
 
-def _line(job: dict[str, Any]) -> str:
-    step = f"{job['step']}/{job['total_steps']}" if job.get("total_steps") else str(job["step"])
-    loss = f"{job['loss']:.4f}" if job.get("loss") is not None else "-"
-    model = job.get("registry_version") or job.get("output_model") or job.get("base_model") or "-"
-    return f"{job['id']}  {job['kind']:<9} {job['state']:<10} {step:>12}  loss {loss:<8} {model}"
+def _line(job: Job) -> str:
+    step = f"{job.step}/{job.total_steps}" if job.total_steps else str(job.step)
+    loss = f"{job.loss:.4f}" if job.loss is not None else "-"
+    model = job.registry_version or job.output_model or job.base_model or "-"
+    return f"{job.id}  {job.kind:<9} {job.state:<10} {step:>12}  loss {loss:<8} {model}"
+
+
+def _client() -> TrainerClient:
+    from microgpt.settings import get_settings
+
+    return TrainerClient.from_settings(get_settings())
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    client = TrainerClient.from_settings()
-    job = client.request("POST", "/jobs", json=spec_from_args(args))
-    print(f"submitted {job['kind']} job {job['id']} ({job['state']})", flush=True)
+    client = _client()
+    job = client.submit(spec_from_args(args))
+    writes = f", writes model {job.output_model}" if job.output_model else ""
+    print(f"submitted {job.kind} job {job.id} ({job.state}{writes})", flush=True)
     if args.watch:
-        watch(client, job["id"])
+        watch(client, job.id)
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    params = {k: v for k, v in {"state": args.state, "kind": args.kind, "model": args.model}.items() if v}
-    page = TrainerClient.from_settings().request("GET", "/jobs", params={**params, "limit": args.limit})
-    for job in page["data"]:
+    jobs, count = _client().list_jobs(state=args.state, kind=args.kind, model=args.model, limit=args.limit)
+    for job in jobs:
         print(_line(job))
-    print(f"({len(page['data'])} of {page['count']} jobs)")
+    print(f"({len(jobs)} of {count} jobs)")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    job = TrainerClient.from_settings().request("GET", f"/jobs/{args.job_id}")
-    print(json.dumps(job, indent=2))
+    print(_client().job(args.job_id).model_dump_json(indent=2))
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
-    job = TrainerClient.from_settings().request("POST", f"/jobs/{args.job_id}/cancel")
-    status = "cancelled" if job["state"] == "cancelled" else f"asked to stop ({job['state']})"
-    print(f"job {job['id']}: {status}")
+    job = _client().cancel(args.job_id)
+    status = "cancelled" if job.state == "cancelled" else f"asked to stop ({job.state})"
+    print(f"job {job.id}: {status}")
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
-    watch(TrainerClient.from_settings(), args.job_id)
+    watch(_client(), args.job_id)
 
 
 def watch(client: TrainerClient, job_id: str) -> None:
@@ -194,7 +135,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     submit = jobs.add_parser("submit", help="validate and enqueue a job")
     submit.add_argument("--spec", help="a JobSpec as a JSON file; the flags below override it")
-    submit.add_argument("--kind", choices=["train", "finetune", "evaluate", "quantize", "export"])
+    submit.add_argument("--kind", choices=KINDS)
     submit.add_argument("--preset", help="zoo preset (train; finetune: the recipe)")
     submit.add_argument("--dataset", help="built-in data set or uploaded data set id/name")
     submit.add_argument("--base-model", help="registry ref: name, name@alias or name/3")
@@ -202,14 +143,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--set", action="extend", nargs="+", metavar="SECTION.KEY=VALUE", help="overrides")
     submit.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
     submit.add_argument("--checkpoint-interval", type=int, help="steps between checkpoints")
-    submit.add_argument("--lora-rank", type=int, help="finetune: train rank-R LoRA adapters only")
+    submit.add_argument("--lora-rank", type=int, help="finetune, sft: train rank-R LoRA adapters only")
     submit.add_argument("--quantize-mode", choices=["int8", "int4"], help="quantize: the weight format")
+    submit.add_argument("--tasks", help="evaluate: accuracy per task, e.g. add,reverse,names or all")
     submit.add_argument("--watch", action="store_true", help="then follow it with a progress bar")
     submit.set_defaults(run=cmd_submit)
 
     ls = jobs.add_parser("ls", help="list jobs, newest first")
     ls.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    ls.add_argument("--kind", choices=["train", "finetune", "evaluate", "quantize", "export"])
+    ls.add_argument("--kind", choices=KINDS)
     ls.add_argument("--model", help="jobs that push to or start from this model")
     ls.add_argument("--limit", type=int, default=50)
     ls.set_defaults(run=cmd_ls)

@@ -14,6 +14,8 @@ step sees only a handful of distinct shapes.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from microgpt.config import GPTConfig
@@ -81,6 +83,25 @@ class KVCache:
     def advance(self, n_new: torch.Tensor | int) -> None:
         """Commit `n_new` tokens (an int, or one count per row) after a forward pass."""
         self.lengths += n_new
+
+    def rows(self, start: int, count: int) -> KVCache:
+        """The cache restricted to rows [start, start + count): the same storage, so writes
+        through the view land in this cache; the serving engine decodes its active rows so."""
+        view = copy.copy(self)
+        view.k = [k[start : start + count] for k in self.k]
+        view.v = [v[start : start + count] for v in self.v]
+        view.lengths = self.lengths[start : start + count]
+        view._rows = torch.arange(count, device=self.lengths.device)[:, None]
+        return view
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Move row `src`'s first `length` positions (its whole content, which the caller tracks
+        without reading `lengths` back from the device) into row `dst`, and empty `src`."""
+        for layer in range(len(self.k)):
+            for cache in (self.k[layer], self.v[layer]):
+                cache[dst, :, :length].copy_(cache[src, :, :length])
+        self.lengths[dst] = self.lengths[src]
+        self.lengths[src] = 0
 
     def reset(self, row: int | None = None) -> None:
         """Empty one row (a retired sequence) or the whole cache."""

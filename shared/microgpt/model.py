@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -229,7 +230,24 @@ class Block(nn.Module):
         return x, probs
 
 
+class Blocks(nn.ModuleList):
+    """The stack of blocks: an nn.ModuleList that tells a type checker its items are `Block`s.
+
+    Iterating a plain ModuleList gives `Module`s, whose every attribute a checker then reads as
+    `Tensor | Module`; this subclass changes nothing at run time (the same state_dict keys).
+    """
+
+    if TYPE_CHECKING:
+
+        def __iter__(self) -> Iterator[Block]: ...
+
+
 class GPT(nn.Module):
+    wte: nn.Module  # an nn.Embedding, and lm_head an nn.Linear, until quantize swaps in int8/int4 ones
+    lm_head: nn.Module
+    rope_cos: torch.Tensor  # buffers, rope only
+    rope_sin: torch.Tensor
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -242,7 +260,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.embed_norm = Norm(config.n_embd, config) if config.embed_norm else None
         self.drop = Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.blocks = Blocks(Block(config, i) for i in range(config.n_layer))
         self.norm_f = Norm(config.n_embd, config) if config.final_norm else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:

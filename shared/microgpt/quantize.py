@@ -1,4 +1,4 @@
-"""Weight-only int8 and int4 quantization, and loading a checkpoint to serve at a chosen precision.
+"""Weight-only int8 and int4 quantization of a model or a checkpoint (`microgpt.loading` loads them).
 
     microgpt quantize runs/shakespeare/checkpoint --mode int8 --out runs/shakespeare-int8
 
@@ -23,22 +23,22 @@ package. So on CPU a quantized Linear rounds its input to bf16 and runs torch's 
 kernel; on other devices it dequantizes the weight on the fly. The native decode step
 (`microgpt.native`) runs int8 weights with its own kernel. int4 kernels need their
 own packed copy of each matrix, built at load; a tied embedding keeps the stored
-int4 codes beside it, which `ServingModel.weight_bytes` counts.
+int4 codes beside it, which `weight_bytes` counts.
 
 A quantized checkpoint is a checkpoint directory whose weights file is
 `model.int8.safetensors` or `model.int4.safetensors` (tensors `<name>.qdata`,
 `<name>.scales`, `<name>.zeros` for each quantized matrix `<name>`, plain tensors
 for the rest); `config.json`'s metadata records `{"quantization": {"mode",
 "group_size", "weights"}}` and its sha256 covers every file, as for any checkpoint.
+Loading checks the file's header against that layout for the config's model before a tensor
+is read (`checkpoint_check.quantized_weight_specs`, which the registry also runs at finalize).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import safetensors.torch
 import torch
@@ -47,27 +47,22 @@ from torch import nn
 
 from microgpt.atomic import atomic_directory
 from microgpt.checkpoint import (
-    MODEL_FILE,
     TOKENIZER_FILE,
     CheckpointConfig,
     CheckpointError,
-    _check_replaceable,
-    _verified,
-    _weights_to_save,
+    check_replaceable,
     load_checkpoint,
-    read_config,
     seal_derived,
+    stored_tensors,
+    verified_file,
 )
+from microgpt.checkpoint_check import INT4_GROUP_SIZES, check_weights_file, quantized_names
 from microgpt.config import GPTConfig
 from microgpt.model import GPT
-from microgpt.tokenizers import Tokenizer, tokenizer_from_json
+from microgpt.precision import MODES, Mode
+from microgpt.stable_safetensors import save_safetensors
 
-Precision = Literal["fp32", "bf16", "int8", "int4"]
-Mode = Literal["int8", "int4"]
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
-MODES: tuple[Mode, ...] = get_args(Mode)
-FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 CPU kernel takes
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the float precisions
 
 
 def weights_file(mode: Mode) -> str:
@@ -161,6 +156,10 @@ QuantizedWeight = Int8Weight | Int4Weight
 class Int8Linear(nn.Module):
     """A Linear with int8 weights; on CPU, torch's int8 kernel on bf16-rounded inputs."""
 
+    qweight: torch.Tensor  # buffers
+    scales: torch.Tensor
+    kernel_scales: torch.Tensor
+
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.qdata.shape
@@ -189,6 +188,12 @@ class Int4Linear(nn.Module):
     With `packed_kernel` (CPU), the codes are repacked once for torch's int4 kernel, rows
     padded to a multiple of 16 as it needs; otherwise each call dequantizes the weight.
     """
+
+    kernel_weight: torch.Tensor  # buffers, with packed_kernel
+    kernel_scales_zeros: torch.Tensor
+    qweight: torch.Tensor  # buffers, without it
+    scales: torch.Tensor
+    zeros: torch.Tensor
 
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, *, packed_kernel: bool) -> None:
         super().__init__()
@@ -225,6 +230,10 @@ class Int4Linear(nn.Module):
 class QuantizedEmbedding(nn.Module):
     """Token embedding rows read from int8 or int4 weights (shared with a tied LM head)."""
 
+    qweight: torch.Tensor  # buffers; zeros for int4 only
+    scales: torch.Tensor
+    zeros: torch.Tensor
+
     def __init__(self, weight: QuantizedWeight) -> None:
         super().__init__()
         self.kind = "int8" if isinstance(weight, Int8Weight) else "int4"
@@ -245,16 +254,6 @@ class QuantizedEmbedding(nn.Module):
 
 
 # --- quantizing a model ----------------------------------------------------------------
-
-
-def quantized_names(config: GPTConfig) -> list[str]:
-    """The weights that quantization replaces (a tied LM head is `wte.weight`)."""
-    names = ["wte.weight"]
-    for i in range(config.n_layer):
-        names += [f"blocks.{i}.{m}.weight" for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")]
-    if not config.tie_embeddings:
-        names.append("lm_head.weight")
-    return names
 
 
 def quantize_tensors(
@@ -319,10 +318,10 @@ def build_quantized_model(
         )
     kernel = device.type == "cpu"
 
-    def linear(module: nn.Linear, w: QuantizedWeight) -> nn.Module:
+    def linear(w: QuantizedWeight, bias: torch.Tensor | None) -> nn.Module:
         if isinstance(w, Int8Weight):
-            return Int8Linear(w, module.bias)
-        return Int4Linear(w, module.bias, packed_kernel=kernel)
+            return Int8Linear(w, bias)
+        return Int4Linear(w, bias, packed_kernel=kernel)
 
     for i, block in enumerate(model.blocks):
         for parent, attr, name in (
@@ -331,16 +330,16 @@ def build_quantized_model(
             (block.mlp, "fc", "mlp.fc"),
             (block.mlp, "proj", "mlp.proj"),
         ):
-            setattr(parent, attr, linear(getattr(parent, attr), weights[f"blocks.{i}.{name}.weight"]))
+            setattr(parent, attr, linear(weights[f"blocks.{i}.{name}.weight"], getattr(parent, attr).bias))
     head = weights["wte.weight"] if config.tie_embeddings else weights["lm_head.weight"]
-    model.lm_head = linear(model.lm_head, head)
+    model.lm_head = linear(head, None)  # the head never has a bias
     model.wte = QuantizedEmbedding(weights["wte.weight"])
     return model.to(device)  # the init and the loaded plain tensors are fp32 already
 
 
 def quantize_model(model: GPT, mode: Mode, group_size: int = 32) -> GPT:
     """A quantized copy of a float model, on the model's device."""
-    tensors, _ = _weights_to_save(model)
+    tensors, _ = stored_tensors(model)
     device = next(model.parameters()).device
     quantized = quantize_tensors(tensors, model.config, mode, group_size)
     return build_quantized_model(model.config, quantized, mode, device=device)
@@ -357,28 +356,17 @@ def quantize_checkpoint(
     if dst.resolve() == src.resolve():
         raise ValueError(f"--out must differ from the source checkpoint {src}")
     ckpt = load_checkpoint(src, dtype=torch.float32)
-    float_tensors, _ = _weights_to_save(ckpt.model)
+    float_tensors, _ = stored_tensors(ckpt.model)
     tensors = quantize_tensors(float_tensors, ckpt.config, mode, group_size)
-    _check_replaceable(dst)
+    check_replaceable(dst)
     name = weights_file(mode)
     quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None, "weights": name}
     with atomic_directory(dst) as tmp:
-        safetensors.torch.save_file(tensors, tmp / name, metadata={"format": "pt"})
+        save_safetensors(tmp / name, tensors, {"format": "pt"})
         if ckpt.tokenizer is not None:
             (tmp / TOKENIZER_FILE).write_bytes((src / TOKENIZER_FILE).read_bytes())
         seal_derived(tmp, ckpt, {"quantization": quantization})
     return dst
-
-
-@dataclass
-class ServingModel:
-    """A model ready to serve (eval mode, on its device) and its tokenizer (None if it has none)."""
-
-    model: GPT
-    tokenizer: Tokenizer | None
-    precision: Precision
-    weight_bytes: int  # bytes of every weight tensor held (quantized codes, scales, kernel copies)
-    quantized_from: Literal["stored", "load", None] = None  # where the quantized weights came from
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -393,44 +381,15 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def load_serving_model(
-    ckpt_dir: str | os.PathLike[str], precision: Precision, *, device: str | torch.device = "cpu"
-) -> ServingModel:
-    """Load a checkpoint at `precision`: a stored quantized variant when the directory holds one
-    of that mode, else the float weights quantized (or cast, for fp32/bf16) at load."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    root = Path(ckpt_dir)
-    cfg = read_config(root)
-    tokenizer = _load_tokenizer(root, cfg)
-    stored = weights_file(precision) if precision in MODES else None
-    if stored is not None and stored in cfg.files:
-        path = _verified(root, stored, cfg)
-        try:
-            # Copies: torch's packed kernels need aligned data, which tensors in the file's buffer may lack.
-            tensors = {k: t.clone() for k, t in safetensors.torch.load_file(path).items()}
-        except Exception as e:  # the Rust parser's errors
-            raise CheckpointError(f"{path} is truncated or corrupt: {e}") from e
-        model = build_quantized_model(cfg.model, tensors, precision, device=device)
-        return ServingModel(model, tokenizer, precision, weight_bytes(model), "stored")
-    if MODEL_FILE not in cfg.files:
-        held = [m for m in MODES if weights_file(m) in cfg.files]
-        raise CheckpointError(
-            f"{root} holds only {', '.join(held) or 'no'} weights, so it cannot serve {precision}"
-        )
-    if precision in FLOAT_DTYPES:
-        model = load_checkpoint(root, device=device, dtype=FLOAT_DTYPES[precision]).model
-        return ServingModel(model, tokenizer, precision, weight_bytes(model))
-    group_size = 32
-    model = quantize_model(load_checkpoint(root, dtype=torch.float32).model, precision, group_size).to(device)
-    return ServingModel(model, tokenizer, precision, weight_bytes(model), "load")
-
-
-def _load_tokenizer(root: Path, cfg: CheckpointConfig) -> Tokenizer | None:
-    if TOKENIZER_FILE not in cfg.files:
-        return None
-    path = _verified(root, TOKENIZER_FILE, cfg)
+def read_quantized_tensors(root: Path, cfg: CheckpointConfig, mode: Mode) -> dict[str, torch.Tensor]:
+    """The verified tensors of `root`'s stored `mode` weights file, for `build_quantized_model`;
+    its header must describe exactly the config's model before a tensor is read (the model
+    `build_quantized_model` allocates is then no bigger than the file says)."""
+    path = verified_file(root, weights_file(mode), cfg)
+    with open(path, "rb") as header:
+        check_weights_file(header, path.stat().st_size, path.name, cfg.model, cfg.metadata, str(root))
     try:
-        return tokenizer_from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not a valid tokenizer: {e}") from e
+        # Copies: torch's packed kernels need aligned data, which tensors in the file's buffer may lack.
+        return {k: t.clone() for k, t in safetensors.torch.load_file(path).items()}
+    except Exception as e:  # the Rust parser's errors
+        raise CheckpointError(f"{path} is truncated or corrupt: {e}") from e

@@ -228,7 +228,10 @@ class ReferenceGPT:
             return [[Value(rng.gauss(0.0, std)) for _ in range(cols)] for _ in range(rows)]
 
         # Drawn in microgpt.py's order: wte, wpe, lm_head, then each layer's q, k, v, o, fc, proj.
-        p = {"wte.weight": matrix(cfg["vocab_size"], C), "wpe.weight": matrix(cfg["block_size"], C)}
+        p: dict[str, list] = {  # matrices (list of rows) and, for norm gains, vectors
+            "wte.weight": matrix(cfg["vocab_size"], C),
+            "wpe.weight": matrix(cfg["block_size"], C),
+        }
         if not cfg["tie_embeddings"]:
             p["lm_head.weight"] = matrix(cfg["vocab_size"], C)
         for i in range(L):
@@ -241,7 +244,7 @@ class ReferenceGPT:
             norms += [f"blocks.{i}.{n}" for i in range(L) for n in ("attn_norm", "mlp_norm")]
             norms += ["norm_f"] if cfg["final_norm"] else []
             p.update({f"{n}.weight": [Value(1.0) for _ in range(C)] for n in norms})
-        self.params: dict[str, list] = p
+        self.params = p
         self.lm_head = p["wte.weight"] if cfg["tie_embeddings"] else p["lm_head.weight"]
 
     def parameters(self) -> list[Value]:

@@ -23,15 +23,17 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from microgpt.config import GPTConfig, TrainConfig
 from microgpt.zoo import Preset, get_preset
 
 SECTIONS = ("model", "train")
 YAML_SUFFIXES = (".yaml", ".yml")
 JSON_SUFFIXES = (".json",)
+_Config = TypeVar("_Config", GPTConfig, TrainConfig)
 
 
 class RunConfig(BaseModel):
@@ -51,14 +53,17 @@ class RunConfig(BaseModel):
             base = get_preset(self.preset)
         except ValueError as e:
             raise ValueError(f"preset: {e}") from None
-        sections = {"model": (base.model, self.model), "train": (base.train, self.train)}
-        updated = {}
-        for section, (config, overrides) in sections.items():
-            try:
-                updated[section] = config.updated(**overrides)
-            except ValidationError as e:
-                raise ValueError(describe(e, prefix=section)) from None
-        return Preset(base.name, base.source, updated["model"], updated["train"])
+        model = _updated(base.model, self.model, section="model")
+        train = _updated(base.train, self.train, section="train")
+        return Preset(base.name, base.source, model, train)
+
+
+def _updated(config: _Config, overrides: dict[str, Any], *, section: str) -> _Config:
+    """`config` with `overrides` applied; a validation error names its keys under `section`."""
+    try:
+        return config.updated(**overrides)
+    except ValidationError as e:
+        raise ValueError(describe(e, prefix=section)) from None
 
 
 def describe(error: ValidationError, *, prefix: str = "") -> str:
@@ -160,10 +165,13 @@ def from_command_line(
 
     The command line wins over the file; the result is validated (`to_preset()` cannot fail).
     """
-    if config is None and preset is None:
+    if config is not None:
+        base = load_run_config(config)
+        if preset is not None:
+            base = base.model_copy(update={"preset": preset})
+    elif preset is not None:
+        base = RunConfig(preset=preset)
+    else:
         raise ValueError("give a preset (--preset NAME) or a run config (--config FILE)")
-    base = load_run_config(config) if config is not None else RunConfig(preset=preset)
-    if config is not None and preset is not None:
-        base = base.model_copy(update={"preset": preset})
     extra = [] if max_steps is None else [f"train.max_steps={max_steps}"]
     return merge(base, [*sets, *extra])

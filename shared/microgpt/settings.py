@@ -18,6 +18,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from microgpt.precision import Precision
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MICROGPT_", extra="ignore")
@@ -45,12 +47,15 @@ class Settings(BaseSettings):
     registry_url: str = "http://127.0.0.1:8001"
     trainer_url: str = "http://127.0.0.1:8002"
     inference_url: str = "http://127.0.0.1:8000"
+    ui_url: str = Field(
+        default="http://127.0.0.1:8501", description="the dashboard (`microgpt ui`); `up` binds its port"
+    )
     inference_models: str = Field(
         default="",
         description="models the inference service loads at start, comma-separated REF[:PRECISION] "
         "(REF: name, name@alias, name/N, or ID=DIR for a local checkpoint directory)",
     )
-    inference_precision: Literal["fp32", "bf16", "int8", "int4"] = Field(
+    inference_precision: Precision = Field(
         default="fp32", description="precision of a model loaded without one named: fp32, bf16, int8, int4"
     )
     inference_max_batch: int = Field(default=32, ge=1, description="sequences one engine decodes together")
@@ -60,7 +65,8 @@ class Settings(BaseSettings):
         description="most threads of one native decode step (default: torch's thread count); the engine "
         "runs 1 or this many, whichever its recent steps say is faster",
     )
-    inference_backend: str = Field(
+    # microgpt.generate.Backend or "auto", spelled here because settings import no torch.
+    inference_backend: Literal["auto", "eager", "compiled", "native"] = Field(
         default="auto", description="decode step of the batching engine: auto, eager, compiled or native"
     )
     inference_max_queue: int = Field(
@@ -86,6 +92,11 @@ class Settings(BaseSettings):
     trainer_queue: str = Field(default="microgpt-jobs", description="Celery queue the training jobs go to")
     worker_concurrency: int = Field(
         default=1, ge=1, description="jobs one `microgpt worker` runs at once (1: one job per process)"
+    )
+    worker_metrics_address: str | None = Field(
+        default=None,
+        description="host:port where each worker serves Prometheus /metrics (a prefork pool's process i "
+        "uses port+1+i); unset: none",
     )
     job_time_limit_s: float | None = Field(
         default=None, gt=0, description="hard time limit of one job attempt (prefork pool only); unset: none"

@@ -28,11 +28,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from microgpt.atomic import fsync_dir
 
 if TYPE_CHECKING:
+    from urllib3 import BaseHTTPResponse
+
     from microgpt.settings import Settings
 
 CHUNK_BYTES = 1 << 20
@@ -77,10 +79,16 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+class Readable(Protocol):
+    """What `put_stream` needs of its source: only `read`, so a wrapper or a spooled file will do."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _HashingReader:
     """Wraps a binary file object; counts and sha256-hashes what is read through it."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: Readable) -> None:
         self.source = source
         self.size = 0
         self.sha = hashlib.sha256()
@@ -96,7 +104,7 @@ class ObjectStore(ABC):
     """Blobs by key. Implementations validate every key and stream every byte."""
 
     @abstractmethod
-    def put_stream(self, key: str, fileobj: BinaryIO, size: int | None = None) -> tuple[int, str]:
+    def put_stream(self, key: str, fileobj: Readable, size: int | None = None) -> tuple[int, str]:
         """Store everything `fileobj.read()` yields under `key` (replacing it); return (size, sha256 hex).
 
         With `size` given, a source that ends early or runs long is an error and nothing is stored.
@@ -165,7 +173,7 @@ class LocalDiskStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def put_stream(self, key: str, fileobj: BinaryIO, size: int | None = None) -> tuple[int, str]:
+    def put_stream(self, key: str, fileobj: Readable, size: int | None = None) -> tuple[int, str]:
         target = self._path(key)
         incoming = self.root / _INCOMING
         incoming.mkdir(parents=True, exist_ok=True)
@@ -319,13 +327,17 @@ class S3Store(ObjectStore):
     def _not_found(self, e: Exception, key: str) -> bool:
         return getattr(e, "code", None) in ("NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket")
 
-    def put_stream(self, key: str, fileobj: BinaryIO, size: int | None = None) -> tuple[int, str]:
+    def put_stream(self, key: str, fileobj: Readable, size: int | None = None) -> tuple[int, str]:
         validate_key(key)
         self.ensure_bucket()
         reader = _HashingReader(fileobj)
         try:
             self.client.put_object(
-                self.bucket, key, reader, length=-1 if size is None else size, part_size=S3_PART_BYTES
+                self.bucket,
+                key,
+                reader,  # type: ignore[arg-type]  # minio annotates BinaryIO but only calls read()
+                length=-1 if size is None else size,
+                part_size=S3_PART_BYTES,
             )
         except OSError:
             if size is not None and reader.size < size:
@@ -402,12 +414,12 @@ class S3Store(ObjectStore):
             raise OSError(f"{self} is not reachable: {e}") from e
 
 
-def _stream_response(response: object, chunk_size: int) -> Iterator[bytes]:
+def _stream_response(response: BaseHTTPResponse, chunk_size: int) -> Iterator[bytes]:
     try:
-        yield from response.stream(chunk_size)  # type: ignore[attr-defined]
+        yield from response.stream(chunk_size)
     finally:
-        response.close()  # type: ignore[attr-defined]
-        response.release_conn()  # type: ignore[attr-defined]
+        response.close()
+        response.release_conn()
 
 
 def object_store_from_settings(settings: Settings) -> ObjectStore:

@@ -31,7 +31,8 @@ class Preset:
         )
 
 
-_MICROGPT_SHAPE = dict(
+# Shared field overrides, validated by GPTConfig where they are spread in.
+_MICROGPT_SHAPE: dict[str, Any] = dict(
     norm="rmsnorm",
     norm_gain=False,
     embed_norm=True,
@@ -42,8 +43,13 @@ _MICROGPT_SHAPE = dict(
     init_std=0.08,
     scale_residual_init=False,
 )
-_NANOGPT_SHAKESPEARE = dict(vocab_size=65, norm="layernorm", mlp="gelu", bias=False, tie_embeddings=True)
-_LLAMA_SHAPE = dict(
+_NANOGPT_SHAKESPEARE: dict[str, Any] = dict(
+    vocab_size=65, norm="layernorm", mlp="gelu", bias=False, tie_embeddings=True
+)
+# nanoGPT's char-level shape with rotary positions: a reply reads the question at a fixed distance
+# back, wherever in the conversation it stands. vocab_size: the chat data's alphabet + BOS.
+_CHAT_SHAPE: dict[str, Any] = {**_NANOGPT_SHAKESPEARE, "vocab_size": 97, "position": "rope"}
+_LLAMA_SHAPE: dict[str, Any] = dict(
     position="rope",
     norm="rmsnorm",
     norm_eps=1e-5,
@@ -134,6 +140,51 @@ PRESETS: dict[str, Preset] = {
                 weight_decay=0.1,
                 dataset="shakespeare",
                 eval_interval=250,
+            ),
+        ),
+        Preset(
+            "chat-tiny",
+            "microgpt's chat recipe: nanoGPT's char-level shape (4 layers x 128) with RoPE, trained on the "
+            "built-in conversation tasks: every token for the first 5% of the steps, then the replies only; "
+            "bf16 autocast (1.9x fp32's speed on a CPU with bf16 dot products); 10 minutes on 2 CPU cores",
+            GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, **_CHAT_SHAPE),
+            TrainConfig(
+                max_steps=2000,
+                batch_size=32,  # rows of about 2.5 chained questions: ~80 replies a step
+                lr=3e-3,
+                min_lr=1e-4,
+                warmup_steps=100,
+                betas=(0.9, 0.99),
+                weight_decay=0.1,
+                precision="bf16",
+                data_mode="documents",
+                loss_on="assistant",
+                pretrain_fraction=0.05,
+                dataset="chat",
+                eval_interval=500,
+                eval_steps=10,
+            ),
+        ),
+        Preset(
+            "chat-small",
+            "chat-tiny's recipe at the scale of nanoGPT's shakespeare 'baby GPT' (6 layers x 384): "
+            "for a GPU, or a patient CPU",
+            GPTConfig(block_size=128, n_layer=6, n_head=6, n_embd=384, **_CHAT_SHAPE),
+            TrainConfig(
+                max_steps=10000,
+                batch_size=64,
+                lr=1e-3,
+                min_lr=1e-4,
+                warmup_steps=200,
+                betas=(0.9, 0.99),
+                weight_decay=0.1,
+                precision="bf16",
+                data_mode="documents",
+                loss_on="assistant",
+                pretrain_fraction=0.05,
+                dataset="chat",
+                eval_interval=1000,
+                eval_steps=20,
             ),
         ),
         Preset(

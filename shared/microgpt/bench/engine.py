@@ -20,6 +20,7 @@ import torch
 
 from microgpt.model import GPT
 from microgpt.native import kernels
+from microgpt.precision import MODES, Precision
 from microgpt.quantize import FLOAT_DTYPES, quantize_model
 from microgpt.sampling import SamplingParams
 from microgpt.serving.engine import BatchEngine, RequestHandle
@@ -35,7 +36,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(*, preset: str, precision: list[str], streams: int, tokens: int, threads: int | None) -> None:
+def run(*, preset: str, precision: list[Precision], streams: int, tokens: int, threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -46,9 +47,7 @@ def run(*, preset: str, precision: list[str], streams: int, tokens: int, threads
     print(f"model: {preset}, {base.num_params() / 1e6:.2f}M parameters; {torch.get_num_threads()} threads; "
           f"{tokens} tokens per request, greedy; native kernels: {kernels()}")  # fmt: skip
     for name in precision:
-        model = (
-            copy.deepcopy(base).to(FLOAT_DTYPES[name]) if name in FLOAT_DTYPES else quantize_model(base, name)
-        )
+        model = quantize_model(base, name) if name in MODES else copy.deepcopy(base).to(FLOAT_DTYPES[name])
         engine = BatchEngine(model, max_batch=streams, max_queue=streams)
         engine.start()
         try:

@@ -24,10 +24,9 @@ from microgpt.bench.hardware import matmul_peak, memory_bandwidth
 from microgpt.generate import Backend, stream
 from microgpt.model import GPT
 from microgpt.native import kernels
+from microgpt.quantize import FLOAT_DTYPES
 from microgpt.sampling import SamplingParams
 from microgpt.zoo import get_preset
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def decode_tokens_per_s(model: GPT, *, tokens: int, runs: int, backend: Backend) -> float:
@@ -62,7 +61,7 @@ def run(
     fp32_bytes = 4 * base.num_params()
     dram = memory_bandwidth()
     working_set = memory_bandwidth(fp32_bytes)
-    peaks = {name: matmul_peak(dtype) for name, dtype in PRECISIONS.items()}
+    peaks = {name: matmul_peak(dtype) for name, dtype in FLOAT_DTYPES.items()}
     print(
         f"machine: {torch.get_num_threads()} threads, native kernels {kernels()}; "
         f"read bandwidth {dram / 1e9:.1f} GB/s over 1 GiB, "
@@ -76,7 +75,7 @@ def run(
     for name in precisions:
         model = GPT(config).eval()
         model.load_state_dict(base.state_dict())
-        model.to(PRECISIONS[name])
+        model.to(FLOAT_DTYPES[name])
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         for backend in backends:
             tps = decode_tokens_per_s(model, tokens=tokens, runs=runs, backend=backend)

@@ -76,7 +76,7 @@ def peak_rss_bytes() -> int:
 
 def run(size_gb: float = 1.0, *, tokenizer: str = "char", workdir: str | None = None) -> dict[str, float]:
     """Generate, prepare in a child process, print and return the figures; delete the files."""
-    from microgpt.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+    from microgpt.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
     size = int(size_gb * (1 << 30))
     tmp = Path(tempfile.mkdtemp(prefix="microgpt-bench-prepare-", dir=workdir))
@@ -85,6 +85,7 @@ def run(size_gb: float = 1.0, *, tokenizer: str = "char", workdir: str | None = 
         start = time.perf_counter()
         size = make_corpus(corpus, size)
         print(f"wrote a {size / 1e9:.2f} GB synthetic corpus in {time.perf_counter() - start:.1f} s")
+        tok: Tokenizer
         if tokenizer in ("char", "byte"):
             tok = CharTokenizer(sorted(ALPHABET)) if tokenizer == "char" else ByteTokenizer()
         else:

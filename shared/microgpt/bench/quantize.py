@@ -23,10 +23,13 @@ import time
 import torch
 
 from microgpt.bench.generate import decode_tokens_per_s
-from microgpt.checkpoint import _weights_to_save
+from microgpt.checkpoint import stored_tensors
 from microgpt.evaluate import evaluate_prepared, prepare_for
+from microgpt.generate import Backend
+from microgpt.loading import load_model
 from microgpt.model import GPT
-from microgpt.quantize import load_serving_model, quantize_model, quantize_tensors, weight_bytes
+from microgpt.precision import Mode
+from microgpt.quantize import quantize_model, quantize_tensors, weight_bytes
 from microgpt.settings import get_settings
 from microgpt.zoo import get_preset
 
@@ -36,13 +39,14 @@ def _speed_and_bytes(preset: str, *, tokens: int, runs: int) -> None:
     config = get_preset(preset, model={"dropout": 0.0}).model
     model = GPT(config).eval()
     fp32_bytes = weight_bytes(model)
-    state, _ = _weights_to_save(model)
+    state, _ = stored_tensors(model)
     tokens = min(tokens, config.block_size)
     fp32_tps = decode_tokens_per_s(model, tokens=tokens, runs=runs, backend="native")
     print(f"speed and bytes: {preset}, {model.num_params() / 1e6:.1f}M parameters, random weights, "
           f"{torch.get_num_threads()} threads, {tokens} tokens, best of {runs}")  # fmt: skip
     print(f"  fp32  native {fp32_tps:7.1f} tokens/s           weights {fp32_bytes / 1e6:6.1f} MB")
-    for mode, backend in (("int8", "native"), ("int4", "eager")):
+    paths: tuple[tuple[Mode, Backend], ...] = (("int8", "native"), ("int4", "eager"))
+    for mode, backend in paths:
         stored = sum(t.numel() * t.element_size() for t in quantize_tensors(state, config, mode).values())
         quantized = quantize_model(model, mode)
         tps = decode_tokens_per_s(quantized, tokens=tokens, runs=runs, backend=backend)
@@ -76,11 +80,10 @@ def _loss(steps: int, data: str | None) -> None:
               f"validation loss over 50 batches")  # fmt: skip
         losses = {}
         for precision in ("fp32", "int8", "int4"):
-            served = load_serving_model(result.checkpoint, precision)
-            prepared = prepare_for(served.tokenizer, data or "shakespeare", cache_dir=cache)
-            losses[precision] = evaluate_prepared(
-                served.model, served.tokenizer, prepared, max_batches=50
-            ).loss
+            served = load_model(result.checkpoint, precision=precision)
+            tokenizer = served.text_tokenizer()
+            prepared = prepare_for(tokenizer, data or "shakespeare", cache_dir=cache)
+            losses[precision] = evaluate_prepared(served.model, tokenizer, prepared, max_batches=50).loss
             delta = losses[precision] / losses["fp32"] - 1
             print(f"  {precision}  val loss {losses[precision]:.4f} ({delta:+.2%})")
 

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,10 @@ from pathlib import Path
 
 import httpx
 
+from microgpt.precision import PRECISIONS
+from microgpt.processes import free_port
+
 SERVED_ID = "bench"
-PRECISIONS = ("fp32", "bf16", "int8", "int4")
 START_TIMEOUT_S = 600.0  # loading includes quantization and, for compiled backends, compilation
 
 
@@ -44,12 +45,6 @@ class StreamResult:
     tokens: int
     ttft: float
     seconds: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def random_checkpoint(preset: str, out: Path) -> Path:

@@ -43,7 +43,8 @@ class TokenizerBench:
 def stdlib_sources() -> tuple[list[str], list[str]]:
     """(top-level modules, everything else) of the standard library, as text, in a fixed order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    top, rest = [], []
+    top: list[str] = []
+    rest: list[str] = []
     for path in sorted(root.rglob("*.py")):
         if {"site-packages", "dist-packages"} & set(path.relative_to(root).parts):
             continue

@@ -1,7 +1,8 @@
 """Training benchmarks: recipes that must reach a loss in a time, and throughput against the peak.
 
-    microgpt bench train                          # all three
+    microgpt bench train                          # all four
     microgpt bench train --only shakespeare-cpu   # nanoGPT's CPU recipe: val loss at 2,000 steps
+    microgpt bench train --only chat-tiny         # a chat model from scratch, then its task accuracy
 
 - `shakespeare-cpu`: the full 2,000-step recipe; prints the final validation loss and the
   wall time (nanoGPT's CPU recipe reaches 1.88 in about 100 s on a 2-core machine).
@@ -11,6 +12,10 @@
   ceiling of any step, and how much of the step is everything else.
 - `names`: the preset's recipe (makemore's transformer on names-32k) on one DDP process
   per core; prints the validation loss of its best checkpoint and the wall time.
+- `chat-tiny`: the preset's recipe from scratch, as `microgpt train --preset chat-tiny` runs it
+  (pretraining on the built-in conversations, then the loss on the replies; generating and
+  preparing the data count when the cache has none yet), then the accuracy of its greedy
+  replies per task on the whole held-out test split (`microgpt.task_eval`), beside the targets.
 
 The data sets come from the cache (`MICROGPT_CACHE`): seed it, or have network once.
 """
@@ -34,7 +39,9 @@ from microgpt.model import GPT
 from microgpt.train.loop import train
 from microgpt.zoo import get_preset
 
-RECIPES = ("shakespeare-cpu", "shakespeare", "names")
+RECIPES = ("shakespeare-cpu", "shakespeare", "names", "chat-tiny")
+CHAT_TARGETS = {"add": 0.95, "names": 0.95, "reverse": 0.80}  # chat-tiny within CHAT_SECONDS on 2 cores
+CHAT_SECONDS = 600.0
 # The preset's 64-row batch as 4 accumulated micro-batches of 16: the same optimizer steps,
 # with activations that stay in the CPU's caches (1.15x the tokens/s of 64 rows at once).
 MICRO = {"batch_size": 16, "grad_accum": 4}
@@ -130,6 +137,23 @@ def names_within(cache_dir: Path, work: Path, target_seconds: float = 300.0) -> 
     )
 
 
+def chat_tiny(cache_dir: Path, work: Path) -> None:
+    from microgpt.task_eval import evaluate_checkpoint_tasks, report
+
+    load = os.getloadavg()[0]
+    result = train("chat-tiny", out_dir=work / "chat-tiny", cache_dir=cache_dir)
+    print(
+        f"chat-tiny: {result.step} steps in {result.wall_seconds:.0f} s with data preparation "
+        f"(target <= {CHAT_SECONDS:.0f} s; {torch.get_num_threads()} threads, load average {load:.2f} "
+        f"at the start), val loss on the replies {result.val_loss:.4f}"
+    )
+    scores = evaluate_checkpoint_tasks(result.checkpoint, "all", cache_dir=cache_dir)
+    print(report(scores))
+    for task, target in CHAT_TARGETS.items():
+        accuracy = scores[task].accuracy
+        print(f"  {task}: {accuracy:.1%} (target >= {target:.0%}) {'ok' if accuracy >= target else 'MISSED'}")
+
+
 def run(cache_dir: Path, only: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="microgpt-bench-train-") as tmp:
         work = Path(tmp)
@@ -140,3 +164,5 @@ def run(cache_dir: Path, only: list[str] | None = None) -> None:
             shakespeare_throughput(cache_dir, work)
         if "names" in chosen:
             names_within(cache_dir, work)
+        if "chat-tiny" in chosen:
+            chat_tiny(cache_dir, work)

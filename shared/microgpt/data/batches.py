@@ -19,6 +19,11 @@ What a row is depends on the prepared mode:
 - `documents` with `pack=True`: from a random document's BOS, block_size + 1 tokens of it
   and the documents after it, with no padding except at the very end of the split.
 
+Data prepared with a loss mask (`loss_on="assistant"`, conversations) gives y = -1 wherever
+the mask says the token is not the assistant's, unless the Batches are made with
+`loss_on="all"`: the same rows then train on every token (the pretraining phase of a chat
+preset reads the same shards as its finetuning phase).
+
 Shards are numpy memmaps, so only the rows read are paged in.
 
 `trim_padding(x, y)` drops the columns that are padding in every row: a batch of names
@@ -34,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microgpt.data.manifest import Manifest, check_tokenizer, read_manifest
+from microgpt.data.manifest import LossOn, Manifest, check_tokenizer, read_manifest
 from microgpt.data.shards import SplitReader
 from microgpt.tokenizers import Tokenizer
 
@@ -59,6 +64,7 @@ class Batches:
         split: str = "train",
         pack: bool = False,
         tokenizer: Tokenizer | None = None,
+        loss_on: LossOn | None = None,
     ):
         if batch_size < 1 or block_size < 1:
             raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}")
@@ -79,6 +85,12 @@ class Batches:
         self.rows = batch_size // world_size
         self._reader = SplitReader(self.directory, self.manifest, split)
         self.mode = self.manifest.mode
+        if loss_on == "assistant" and not self._reader.masked:
+            raise ValueError(
+                f"{self.directory} has no loss mask: training on assistant turns needs conversations "
+                f"prepared with loss_on='assistant'"
+            )
+        self.masked = self._reader.masked and loss_on != "all"  # None: the data's own choice
         if pack and self.mode != "documents":
             raise ValueError("pack=True packs documents; this data was prepared in stream mode")
         if self.mode == "stream" and self._reader.tokens < block_size + 1:
@@ -109,6 +121,7 @@ class Batches:
         y = np.full((self.rows, T), IGNORE_INDEX, dtype=np.int64)
         for row, start in enumerate(mine.tolist()):
             if self.mode == "stream":
+                begin = start
                 window = self._reader.read(start, T + 1)
             else:
                 begin, end = self._reader.document(start)
@@ -116,6 +129,8 @@ class Batches:
             n = len(window) - 1  # positions with a target
             x[row, :n] = window[:-1]
             y[row, :n] = window[1:]
+            if self.masked:  # the targets are tokens begin+1 .. begin+n
+                y[row, :n][~self._reader.read_mask(begin + 1, n)] = IGNORE_INDEX
         return torch.from_numpy(x), torch.from_numpy(y)
 
 

@@ -5,6 +5,8 @@
     shakespeare  char-rnn's tinyshakespeare (1.1 MB), downloaded once
     pystdlib     the running Python's standard library sources: a multi-megabyte corpus
                  that exists offline on every machine (for BPE and pretraining demos)
+    chat         conversations (OpenAI `messages` JSONL) from the built-in tasks: sums, words,
+                 names, stdlib docstrings (`microgpt.data.tasks`), generated into the cache
 
 A downloaded file lives at `{cache_dir}/datasets/{filename}` and is checked against a
 pinned sha256 (and size) every time it is used, not only after the download: a file that
@@ -48,6 +50,8 @@ class Dataset:
     sha256: str | None = None
     size: int | None = None
     load: Callable[[], Resolved] | None = field(default=None, repr=False)  # for the offline ones
+    # offline but generated into the cache once (returns the file there): chat
+    generate: Callable[[Path], Path] | None = field(default=None, repr=False)
 
     @property
     def downloadable(self) -> bool:
@@ -62,6 +66,10 @@ class Dataset:
         if not self.downloadable:
             if local_path is not None:
                 raise ValueError(f"{self.name} is built in and has nothing to download; drop --local-path")
+            if self.generate is not None:
+                if cache_dir is None:
+                    raise ValueError(f"{self.name} is generated into a cache directory; pass cache_dir")
+                return Files((self.generate(Path(cache_dir)),), label=self.name)
             assert self.load is not None
             return self.load()
         if cache_dir is None:
@@ -69,15 +77,20 @@ class Dataset:
         return Files((fetch(self.name, cache_dir, local_path=local_path),), label=self.name)
 
 
+def builtin_names_by_gender() -> dict[str, list[str]]:
+    """The census files' lowercase first names, {"female": [...], "male": [...]}, in their order."""
+    package = resources.files("names")
+    lists: dict[str, list[str]] = {}
+    for gender in ("female", "male"):
+        text = (package / f"dist.{gender}.first").read_text(encoding="ascii")
+        lists[gender] = [line.split()[0].lower() for line in text.splitlines() if line.strip()]
+    return lists
+
+
 def builtin_names() -> list[str]:
     """About 5,500 lowercase first names, female and male, in the census files' order."""
-    package = resources.files("names")
-    docs: list[str] = []
-    for part in ("dist.female.first", "dist.male.first"):
-        for line in (package / part).read_text(encoding="ascii").splitlines():
-            if line.strip():
-                docs.append(line.split()[0].lower())
-    return list(dict.fromkeys(docs))
+    lists = builtin_names_by_gender()
+    return list(dict.fromkeys(lists["female"] + lists["male"]))
 
 
 def stdlib_root() -> Path:
@@ -100,6 +113,12 @@ def stdlib_files() -> Files:
     if not paths:
         raise ValueError(f"found no Python sources under {root}; is the standard library installed?")
     return Files(tuple(paths), label="pystdlib", per_file=True, strict=False, root=root)
+
+
+def _chat_train_split(cache_dir: Path) -> Path:
+    from microgpt.data.tasks import builtin_split  # the task generators are loaded only for `chat`
+
+    return builtin_split(cache_dir, "train")
 
 
 DATASETS: dict[str, Dataset] = {
@@ -134,6 +153,12 @@ DATASETS: dict[str, Dataset] = {
             "this Python's standard library sources (offline, several MB)",
             mode="stream",
             load=stdlib_files,
+        ),
+        Dataset(
+            "chat",
+            "conversations from the built-in tasks (sums, words, names, docstrings), the train split",
+            mode="documents",
+            generate=_chat_train_split,
         ),
     )
 }

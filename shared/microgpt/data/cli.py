@@ -4,6 +4,7 @@
     microgpt data prepare names-32k --local-path names.txt
     microgpt data prepare corpus/ --mode stream --tokenizer tok.json --out prepared/corpus
     microgpt data ls
+    microgpt data chat --out data/chat                  # the built-in tasks' conversations, 3 splits
 
 `register(subparsers)` adds the `data` command to the main parser; handlers raise
 ValueError for anything the user can fix, which the main CLI prints as one line (exit 2).
@@ -40,6 +41,22 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     )
     print(f"{'reused' if manifest.reused else 'prepared'} {out}")
     print(f"  {summary(manifest)}")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from microgpt.data.builtin import fetch
+    from microgpt.data.tasks import SPLIT_FILES, TASKS, load_inputs, parse_tasks, write_splits
+    from microgpt.settings import get_settings
+
+    tasks = parse_tasks(args.tasks)
+    shakespeare = None
+    if any(TASKS[t].needs_shakespeare for t in tasks):
+        shakespeare = fetch("shakespeare", get_settings().cache, local_path=args.local_path)
+    elif args.local_path is not None:
+        raise ValueError("--local-path is the shakespeare text, for the shakespeare task")
+    counts = write_splits(args.out, seed=args.seed, tasks=tasks, inputs=load_inputs(shakespeare))
+    for split, n in counts.items():
+        print(f"{Path(args.out) / SPLIT_FILES[split]}: {n:,} conversations")
 
 
 def summary(manifest: Manifest) -> str:
@@ -90,7 +107,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `data prepare` and `data ls` to the main parser's subcommands."""
+    """Add `data prepare`, `data ls` and `data chat` to the main parser's subcommands."""
     data = subparsers.add_parser("data", help="prepare data sets into token shards, list them")
     commands = data.add_subparsers(dest="data_command", required=True)
 
@@ -135,3 +152,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.add_parser("ls", help="built-in data sets, and the prepared ones in the cache").set_defaults(
         run=cmd_ls
     )
+
+    chat = commands.add_parser(
+        "chat",
+        help="write the built-in tasks' conversations (messages JSONL: train, validation, test splits)",
+    )
+    chat.add_argument("--out", required=True, help="directory for train.jsonl, validation.jsonl, test.jsonl")
+    chat.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks, or all (default: every task that needs no download)",
+    )
+    chat.add_argument("--seed", type=int, default=1337, help="the same seed writes the same bytes")
+    chat.add_argument(
+        "--local-path",
+        default=None,
+        help="the shakespeare task: a copy of tinyshakespeare instead of downloading",
+    )
+    chat.set_defaults(run=cmd_chat)

@@ -5,6 +5,7 @@
       tokenizer.json       the tokenizer the shards were made with
       train_000000.bin     token ids, raw little-endian uint16 (uint32 for vocabularies > 65,536)
       train_000000.idx     documents mode only: uint64 start offsets of each document, then the end
+      train_000000.mask    loss_on="assistant" only: one byte per token, 1 where it is a target to learn
       val_000000.bin ...
 
 Shards are plain arrays, so `numpy.memmap` reads them lazily with no parsing. The
@@ -30,6 +31,7 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 Dtype = Literal["uint16", "uint32"]
 LongDocuments = Literal["truncate", "split"]
+LossOn = Literal["all", "assistant"]  # every token is a target, or only what the assistant writes
 Split = Literal["train", "val"]
 SPLITS: tuple[Split, ...] = ("train", "val")
 
@@ -54,6 +56,8 @@ class Options(_Strict):
     text_field: str = "text"
     segment_tokens: int  # stream mode: the train/val split assigns segments of this many tokens
     shard_tokens: int
+    loss_on: LossOn = "all"  # "assistant": conversations, with a loss mask over the replies
+    chat_template: int | None = None  # loss_on="assistant": microgpt.chat.TEMPLATE_VERSION of the masks
 
 
 class Shard(_Strict):
@@ -132,6 +136,10 @@ def shards_intact(directory: Path, manifest: Manifest) -> bool:
             if shard.documents is not None:
                 idx = bin_path.with_suffix(".idx")
                 if not idx.is_file() or idx.stat().st_size != (shard.documents + 1) * 8:
+                    return False
+            if manifest.options.loss_on == "assistant":
+                mask = bin_path.with_suffix(".mask")
+                if not mask.is_file() or mask.stat().st_size != shard.tokens:
                     return False
     return True
 

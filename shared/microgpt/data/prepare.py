@@ -16,6 +16,11 @@ Design choices a reader must know:
   token stream is cut into segments of `segment_tokens` and each segment is assigned the
   same way (nanoGPT takes the last 10%; segments spread val across the corpus yet stay
   deterministic and streamable).
+- `loss_on="assistant"` (supervised finetuning) reads conversations (messages JSONL) in
+  documents mode and writes a loss mask beside the shards: each conversation is rendered
+  with the chat template in pieces (`microgpt.data.sources.iter_conversations`), each piece
+  encoded on its own, and only the assistant's pieces and the final EOS are marked as
+  targets. A char tokenizer encodes the pieces exactly as the joined text.
 - Documents are stored as BOS + tokens + EOS (whichever the tokenizer has); a document
   longer than `block_size + 1` tokens is truncated (`long_documents="truncate"`, the rest
   dropped) or split into windows of `block_size + 1` that overlap by one token
@@ -30,17 +35,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from microgpt import __version__
 from microgpt.atomic import atomic_directory, atomic_write_bytes
+from microgpt.chat import TEMPLATE_VERSION
 from microgpt.data.manifest import (
     MANIFEST_FILE,
     TOKENIZER_FILE,
     LongDocuments,
+    LossOn,
     Manifest,
     Options,
     SplitInfo,
@@ -56,11 +63,12 @@ from microgpt.data.sources import (
     Source,
     Texts,
     iter_chunks,
+    iter_conversations,
     iter_documents,
     resolve,
     source_sha256,
 )
-from microgpt.tokenizers import TOKENIZER_KINDS, CharTokenizer, Tokenizer, load_tokenizer
+from microgpt.tokenizers import TOKENIZER_KINDS, CharTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 
 DEFAULT_SEED = 1337
 DEFAULT_VAL_FRACTION = 0.1
@@ -86,6 +94,7 @@ def prepare(
     segment_tokens: int | None = None,
     shard_tokens: int = SHARD_TOKENS,
     chunk_chars: int = CHUNK_CHARS,
+    loss_on: LossOn = "all",
 ) -> Manifest:
     """Tokenize `source` into `out_dir` (or reuse what is there) and return its manifest.
 
@@ -106,6 +115,10 @@ def prepare(
             f"segment_tokens, shard_tokens and chunk_chars must be >= 1, got "
             f"{segment_tokens}, {shard_tokens} and {chunk_chars}"
         )
+    if loss_on not in ("all", "assistant"):
+        raise ValueError(f"loss_on must be 'all' or 'assistant', got {loss_on!r}")
+    if loss_on == "assistant" and mode != "documents":
+        raise ValueError("training on assistant turns reads whole conversations: use documents mode")
     if mode == "documents" and tokenizer.bos_id is None and tokenizer.eos_id is None:
         raise ValueError(
             f"documents mode wraps each document in BOS ... EOS, but the {tokenizer.kind} tokenizer "
@@ -124,6 +137,8 @@ def prepare(
         text_field=text_field,
         segment_tokens=segment_tokens if mode == "stream" else 0,
         shard_tokens=shard_tokens,
+        loss_on=loss_on,
+        chat_template=TEMPLATE_VERSION if loss_on == "assistant" else None,
     )
     out = Path(out_dir)
     existing = _reusable(out, sha, tokenizer, options)
@@ -134,13 +149,23 @@ def prepare(
     with atomic_directory(out) as tmp:
         tokenizer.save(tmp / TOKENIZER_FILE)
         writers = {
-            split: ShardWriter(tmp, split, dtype, shard_tokens=shard_tokens, documents=mode == "documents")
+            split: ShardWriter(
+                tmp,
+                split,
+                dtype,
+                shard_tokens=shard_tokens,
+                documents=mode == "documents",
+                masked=loss_on == "assistant",
+            )
             for split in ("train", "val")
         }
         draws = _Draws(seed)
         encode = encoder_for(tokenizer)
-        if mode == "documents":
-            counts = _write_documents(src, encode, tokenizer, writers, draws, options)
+        if loss_on == "assistant":
+            counts = _write_documents(_conversations(src, encode), tokenizer, writers, draws, options)
+        elif mode == "documents":
+            documents = ((encode(text), None) for text in iter_documents(src, mode="documents"))
+            counts = _write_documents(documents, tokenizer, writers, draws, options)
         else:
             counts = _write_stream(src, encode, tokenizer, writers, draws, options, chunk_chars)
         train, val = writers["train"].close(), writers["val"].close()
@@ -158,7 +183,9 @@ def prepare(
             options=options,
             train=train,
             val=val,
-            **counts,
+            source_documents=counts["source_documents"],
+            truncated_documents=counts["truncated_documents"],
+            split_documents=counts["split_documents"],
         )
         atomic_write_bytes(tmp / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
     return manifest
@@ -211,31 +238,44 @@ class _Draws:
         return bool(self._buf[self._i - 1] < fraction)
 
 
+def _conversations(
+    src: Resolved, encode: Callable[[str], np.ndarray]
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Each conversation's ids and loss mask (True on what the assistant writes), piece by piece."""
+    for pieces in iter_conversations(src):
+        ids = [encode(text) for text, _ in pieces]
+        mask = [np.full(len(part), trained) for part, (_, trained) in zip(ids, pieces)]
+        yield np.concatenate(ids), np.concatenate(mask)
+
+
 def _write_documents(
-    src: Resolved,
-    encode: Callable[[str], np.ndarray],
+    documents: Iterator[tuple[np.ndarray, np.ndarray | None]],
     tokenizer: Tokenizer,
     writers: dict[str, ShardWriter],
     draws: _Draws,
     options: Options,
 ) -> dict[str, int]:
+    """Each (ids, loss mask or None) as BOS + ids + EOS in a split; BOS is never a target, EOS is."""
     head = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     tail = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     block = options.block_size
     counts = {"source_documents": 0, "truncated_documents": 0, "split_documents": 0}
-    for text in iter_documents(src, mode="documents"):
-        ids = encode(text)
+    for ids, mask in documents:
         seq = np.concatenate([np.asarray(head, dtype=ids.dtype), ids, np.asarray(tail, dtype=ids.dtype)])
+        marks = None
+        if mask is not None:
+            marks = np.concatenate([np.zeros(len(head), dtype=bool), mask, np.ones(len(tail), dtype=bool)])
         writer = writers["val" if draws.is_val(options.val_fraction) else "train"]
         counts["source_documents"] += 1
         if block is None or len(seq) <= block + 1:
-            writer.write_document(seq)
+            writer.write_document(seq, marks)
         elif options.long_documents == "truncate":
-            writer.write_document(seq[: block + 1])
+            writer.write_document(seq[: block + 1], None if marks is None else marks[: block + 1])
             counts["truncated_documents"] += 1
         else:  # windows of block+1 overlapping by one token: every token is a target exactly once
             for start in range(0, len(seq) - 1, block):
-                writer.write_document(seq[start : start + block + 1])
+                window = slice(start, start + block + 1)
+                writer.write_document(seq[window], None if marks is None else marks[window])
             counts["split_documents"] += 1
     return counts
 
@@ -270,7 +310,8 @@ def _write_stream(
             documents, current = documents + 1, chunk.doc
         blank = blank and chunk.text.isspace()  # stops scanning at the first visible character
         route(encode(chunk.text))
-    return {"source_documents": 0 if blank else documents}
+    # a stream is cut into segments, never truncated or split per document
+    return {"source_documents": 0 if blank else documents, "truncated_documents": 0, "split_documents": 0}
 
 
 def _check_splits(label: str, documents: int, train: SplitInfo, val: SplitInfo, options: Options) -> None:
@@ -391,10 +432,6 @@ def build_tokenizer(
     texts = itertools.chain(head, (c.text for c in chunks))
     if spec == "char":
         return CharTokenizer.train(texts)
-    try:
-        from microgpt.tokenizers import train_tokenizer  # type: ignore[attr-defined]
-    except ImportError:
-        raise ValueError(f"unknown tokenizer {spec!r}: use 'char' or the path of a tokenizer.json") from None
     return train_tokenizer(spec, texts, vocab_size)
 
 
@@ -436,6 +473,7 @@ def prepare_dataset(
     long_documents: LongDocuments = "truncate",
     text_field: str = "text",
     local_path: str | os.PathLike[str] | None = None,
+    loss_on: LossOn = "all",
 ) -> tuple[Path, Manifest]:
     """What `microgpt data prepare` and the training loop share: name in, prepared directory out.
 
@@ -450,7 +488,8 @@ def prepare_dataset(
     src = resolve(source, text_field=text_field, cache_dir=cache_dir, local_path=local_path)
     tok = build_tokenizer(spec, src, mode=mode, vocab_size=vocab_size)
     if out_dir is None:
-        out_dir = default_out_dir(cache_dir, source, mode, _tokenizer_label(spec, tok, vocab_size))
+        label = _tokenizer_label(spec, tok, vocab_size) + ("-assistant" if loss_on == "assistant" else "")
+        out_dir = default_out_dir(cache_dir, source, mode, label)
     manifest = prepare(
         src,
         tok,
@@ -461,5 +500,6 @@ def prepare_dataset(
         block_size=block_size,
         long_documents=long_documents,
         text_field=text_field,
+        loss_on=loss_on,
     )
     return Path(out_dir), manifest

@@ -14,6 +14,10 @@ What a *document* is depends on the mode:
   `chunk_chars` characters, cut at line ends), a JSONL record or list item is one
   document; the prepared stream is their concatenation, with EOS between documents.
 
+A JSONL record with `messages` instead of a text field is a conversation, rendered with the
+chat template (`microgpt.data.conversations`); `iter_conversations` keeps which pieces the
+assistant wrote, for training on those alone.
+
 `iter_chunks` yields `Chunk(doc, text)` pieces, several per document when a document is
 large, with bounded memory; `iter_documents` joins them into whole documents.
 Text must be UTF-8 without NUL bytes: an undecodable or binary file is a ValueError
@@ -30,12 +34,13 @@ from __future__ import annotations
 import codecs
 import glob
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
+
+from microgpt.digest import file_sha256
 
 Mode = Literal["documents", "stream"]
 MODES: tuple[Mode, ...] = ("documents", "stream")
@@ -168,8 +173,8 @@ def iter_chunks(
         if src.strict:
             pieces = _decoded(path)
         else:  # only for sources of many small files: read whole, skip what is not text
-            text = _whole_text_or_none(path)
-            pieces = iter([text] if text else [])
+            whole = _whole_text_or_none(path)
+            pieces = iter([whole] if whole else [])
         if mode == "stream" or src.per_file:
             wrote = False
             for piece in _cut_at_lines(pieces, chunk_chars):
@@ -190,7 +195,7 @@ def iter_documents(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[str]:
     """Whole documents in source order (in `stream` mode a text file is one, however large)."""
-    current, parts = -1, []
+    current, parts = -1, list[str]()
     for chunk in iter_chunks(source, mode=mode, text_field=text_field, cache_dir=cache_dir):
         if chunk.doc != current and parts:
             yield "".join(parts)
@@ -290,22 +295,46 @@ def _lines(pieces: Iterator[str]) -> Iterator[str]:
 
 
 def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
-    """The `text_field` string of each JSON line; a bad line is an error naming file and line."""
-    for number, line in enumerate(_lines(_decoded(path)), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: record {number} is not JSON ({e.msg})") from None
-        if not isinstance(record, dict) or text_field not in record:
+    """The `text_field` string of each JSON line, or its conversation rendered with the chat template
+    when the record has `messages` instead (`microgpt.data.conversations`); a bad line names file and line."""
+    from microgpt.data.conversations import MESSAGES_FIELD, conversation_text, iter_records
+
+    for number, record in iter_records(path, _lines(_decoded(path))):
+        if isinstance(record, dict) and text_field not in record and MESSAGES_FIELD in record:
+            try:
+                text = conversation_text(record)
+            except ValueError as e:
+                raise ValueError(f"{path}: record {number}: {e}") from None
+        elif not isinstance(record, dict) or text_field not in record:
             fields = ", ".join(map(repr, record)) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"{path}: record {number} has no {text_field!r} field (it has {fields})")
-        text = record[text_field]
+        else:
+            text = record[text_field]
         if not isinstance(text, str):
             raise ValueError(f"{path}: record {number}: {text_field!r} is {type(text).__name__}, not str")
         if "\x00" in text:
             raise ValueError(f"{path}: record {number}: {text_field!r} holds a NUL character")
         if text.strip():
             yield text
+
+
+def iter_conversations(
+    source: Source, *, cache_dir: str | os.PathLike[str] | None = None
+) -> Iterator[list[tuple[str, bool]]]:
+    """Each conversation of a messages JSONL source, rendered in (text, trained) pieces, in order.
+
+    Supervised finetuning reads this instead of documents: only `.jsonl`/`.ndjson` files of
+    `messages` records are conversations; anything else is a ValueError naming it.
+    """
+    from microgpt.data.conversations import iter_segments
+
+    src = resolve(source, cache_dir=cache_dir)
+    if isinstance(src, Texts):
+        raise ValueError(f"{src.label} is plain text; training on assistant turns needs messages JSONL")
+    for path in src.paths:
+        if path.suffix.lower() not in _JSONL_SUFFIXES:
+            raise ValueError(f"{path} is not JSONL; training on assistant turns needs messages JSONL")
+        yield from iter_segments(path, _lines(_decoded(path)))
 
 
 # --- identity ---------------------------------------------------------------------------
@@ -334,8 +363,3 @@ def source_sha256(
         name = path.relative_to(src.root).as_posix() if src.root else os.fspath(path)
         h.update(f"{name}\0{file_sha256(path)}\n".encode("utf-8", errors="surrogateescape"))
     return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -10,7 +10,9 @@
 
 The registry is `MICROGPT_REGISTRY_URL`, with the first key of `MICROGPT_API_KEY`.
 Refused requests raise RegistryError (a ValueError carrying the server's detail), which
-`microgpt.cli` prints as one line with exit code 2.
+`microgpt.cli` prints as one line with exit code 2. `migrate` and `bench registry` run
+code of the registry service (`services.launch`, `services.registry.bench`), imported
+only when they run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+
+from microgpt.service_entry import service_entry
 
 
 def _client() -> Any:
@@ -113,17 +117,7 @@ def cmd_gc(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from microgpt.settings import get_settings
-    from services.common.database import create_db_engine
-    from services.registry.app import migrate
-
-    settings = get_settings()
-    engine = create_db_engine(settings.resolved_database_url())
-    try:
-        migrate(engine, timeout_s=args.timeout)
-    finally:
-        engine.dispose()
-    print(f"registry tables are up to date in {engine.url.render_as_string(hide_password=True)}")
+    service_entry("services.launch", "cmd_registry_migrate")(args)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -173,14 +167,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from microgpt.bench.registry import RSS_TARGET_BYTES, run
-
-    result = run(size_mb=args.size_mb, store=args.store)
-    if result["rss_growth_bytes"] >= RSS_TARGET_BYTES:
-        raise ValueError(
-            f"the registry's peak RSS grew {result['rss_growth_bytes'] / 2**20:.0f} MiB: "
-            "uploads are not streaming"
-        )
+    service_entry("services.registry.bench", "cmd_bench")(args)
 
 
 def register_bench(bench: argparse._SubParsersAction) -> None:

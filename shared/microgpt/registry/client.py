@@ -25,6 +25,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from microgpt.atomic import atomic_directory
+from microgpt.digest import file_sha256
 
 if TYPE_CHECKING:
     from microgpt.settings import Settings
@@ -76,14 +77,6 @@ class VersionInfo(BaseModel):
         """sha256 of the sorted {path: sha256} manifest: equal for versions with identical files."""
         manifest = json.dumps({p: f.sha256 for p, f in sorted(self.files.items())}, separators=(",", ":"))
         return hashlib.sha256(manifest.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_chunks(path: Path) -> Iterator[bytes]:

@@ -27,6 +27,10 @@ Design (vLLM's continuous batching at nanochat's scale; the engine speaks token 
 - Backpressure: at most `max_queue` requests wait, then `submit` raises `QueueFullError`
   with a retry-after estimate. A prompt longer than the context is a `ValueError` worded
   like OpenAI's; `max_new_tokens` is capped to the context left.
+- Failures: an error while choosing one row's token fails that request alone (its reader
+  gets an `EngineError`); the other rows decode on. An error in the step itself stops the
+  engine, fails every request, and leaves the cause in `failure`, so its owner can report
+  it (`/readyz`) and start a new engine.
 - Threads: the native step runs on 1 or `threads` threads, whichever its recent steps
   say is faster (`microgpt.serving.threads`): a second thread halves a step on an idle
   machine and stalls it at every barrier on a busy one.
@@ -39,13 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,6 +57,7 @@ import torch
 from microgpt.generate import Backend, activation_device_and_dtype, cache_dtype, make_decode_step
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
+from microgpt.native import NativeDecodeStep
 from microgpt.sampling import SamplingParams, SequenceSampler, token_logprobs
 from microgpt.serving.threads import TeamSizer
 
@@ -159,7 +163,9 @@ class RequestHandle:
                 for event in batch:
                     yield event
 
-    async def batches(self, interval: float | Callable[[], float] = 0.0) -> AsyncIterator[list[TokenEvent]]:
+    async def batches(
+        self, interval: float | Callable[[], float] = 0.0
+    ) -> AsyncGenerator[list[TokenEvent], None]:
         """The events in lists of all that were waiting when the reader came back for more.
 
         A reader that falls behind the engine catches up in one turn (one text delta, one
@@ -297,12 +303,13 @@ class BatchEngine:
         dtype = cache_dtype(model, self.backend)
         self.cache = KVCache(self.config, max_batch, device=self.device, dtype=dtype)
         self._rows: list[_Row] = []
-        self._view: KVCache | None = None  # `_rows_view` of the active rows, kept while their count holds
+        self._view: KVCache | None = None  # `cache.rows` of the active rows, kept while their count holds
         self._live = torch.ones(0, dtype=torch.long)
         self._queue: deque[RequestHandle] = deque()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._running = self._stopped = False
+        self.failure: BaseException | None = None  # why the scheduler died, if it did
         self._steps = self._prompt_tokens = self._generated = self._last_batch = 0
         self._mean_request_s = 1.0  # moving average, for Retry-After
 
@@ -389,6 +396,7 @@ class BatchEngine:
     # --- the scheduler thread ---
 
     def _loop(self) -> None:
+        admitted: list[RequestHandle] = []  # between the queue and a row: failed too if a step dies
         try:
             with torch.inference_mode():
                 while True:
@@ -408,7 +416,9 @@ class BatchEngine:
             log.exception("engine %s failed", self.name)
             with self._lock:
                 self._running, self._stopped = False, True
-                handles = [r.handle for r in self._rows] + list(self._queue)
+                self.failure = e
+                rows = [r.handle for r in self._rows]
+                handles = rows + [h for h in admitted if h not in rows] + list(self._queue)
                 self._rows.clear()
                 self._queue.clear()
             for handle in handles:
@@ -431,15 +441,6 @@ class BatchEngine:
             admitted.append(self._queue.popleft())
         return admitted
 
-    def _rows_view(self, start: int, count: int) -> KVCache:
-        """The cache restricted to rows [start, start + count): same storage, own row indices."""
-        view = copy.copy(self.cache)
-        view.k = [k[start : start + count] for k in self.cache.k]
-        view.v = [v[start : start + count] for v in self.cache.v]
-        view.lengths = self.cache.lengths[start : start + count]
-        view._rows = torch.arange(count, device=self.device)[:, None]
-        return view
-
     def _start(self, handles: list[RequestHandle]) -> None:
         """Give admitted requests rows: short prompts are fed through the decode steps, the rest prefilled."""
         vocab = self.config.vocab_size
@@ -454,7 +455,7 @@ class BatchEngine:
     def _prefill(self, handles: list[RequestHandle]) -> None:
         """Prefill the admitted prompts together, into the rows after the active ones; pick first tokens."""
         start, count = len(self._rows), len(handles)
-        view = self._rows_view(start, count)
+        view = self.cache.rows(start, count)
         view.lengths.zero_()
         width = max(h.prompt_tokens for h in handles)
         idx = torch.zeros(count, width, dtype=torch.long)
@@ -476,7 +477,7 @@ class BatchEngine:
         """One decode step for every active row that has not finished."""
         n = len(self._rows)
         if self._view is None or self._view.batch_size != n:  # rebuilt only when the batch resizes
-            self._view = self._rows_view(0, n)
+            self._view = self.cache.rows(0, n)
             self._live = torch.ones(n, dtype=torch.long, device=self.device)
         view = self._view
         idx = torch.tensor([r.next_token for r in self._rows], device=self.device)[:, None]
@@ -484,6 +485,7 @@ class BatchEngine:
         if self._team is None:
             logits = self._decode_step(idx, view, self._live)
         else:
+            assert isinstance(self._decode_step, NativeDecodeStep)  # only the native step has a team
             size, started = self._team.pick(n), time.perf_counter()
             logits = self._decode_step(idx, view, self._live, threads=size)
             self._team.record(n, size, time.perf_counter() - started)
@@ -508,15 +510,20 @@ class BatchEngine:
             handle = row.handle
             if handle.cancelled:
                 continue  # retired (with its "cancelled" event) by the next `_retire`
-            token = greedy[i] if greedy is not None else row.sampler.choose(logits[i])
+            try:
+                token = greedy[i] if greedy is not None else row.sampler.choose(logits[i])
+                logprob, top = None, None
+                if handle.logprobs is not None:
+                    logprob, top = token_logprobs(logits[i], token, handle.logprobs)
+            except Exception as e:  # this request's problem: it fails, the batch decodes on
+                log.exception("engine %s: choosing a token failed for one request", self.name)
+                handle._fail(e)
+                continue  # retired by the next `_retire`
             if token in handle.params.stop_token_ids:
                 handle._emit(TokenEvent(None, finish_reason="stop"))
                 continue
             row.sampler.accept(token)
             row.next_token = token
-            logprob, top = None, None
-            if handle.logprobs is not None:
-                logprob, top = token_logprobs(logits[i], token, handle.logprobs)
             last = handle.completion_tokens + 1 >= handle.max_new_tokens
             handle._emit(TokenEvent(token, logprob, top, "length" if last else None))
             self._generated += 1
@@ -525,20 +532,17 @@ class BatchEngine:
         """Free the rows of finished and cancelled requests, moving the last active rows into them."""
         for i in range(len(self._rows) - 1, -1, -1):
             handle = self._rows[i].handle
-            if handle.cancelled and handle.finish_reason is None:
+            if handle.cancelled and not handle.done:
                 handle._emit(TokenEvent(None, finish_reason="cancelled"))
-            if handle.finish_reason is None:
+            if not handle.done:
                 continue
             elapsed = time.perf_counter() - handle.submitted_at
             self._mean_request_s = 0.9 * self._mean_request_s + 0.1 * elapsed
             last = len(self._rows) - 1
             if i != last:
-                moved = self._rows[last]
-                for layer in range(self.config.n_layer):
-                    for cache in (self.cache.k[layer], self.cache.v[layer]):
-                        cache[i, :, : moved.length].copy_(cache[last, :, : moved.length])
-                self.cache.lengths[i] = self.cache.lengths[last]
-                self._rows[i] = moved
-            self.cache.lengths[last] = 0
+                self.cache.move_row(last, i, self._rows[last].length)
+                self._rows[i] = self._rows[last]
+            else:
+                self.cache.reset(last)
             with self._lock:
                 self._rows.pop()

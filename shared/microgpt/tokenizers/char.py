@@ -98,7 +98,7 @@ class CharTokenizer(Tokenizer):
             elif i == self._bos:
                 if not skip_special:
                     out.append(self.bos_token)
-            elif i == self._unk:
+            elif i == self._unk and self.unk_token is not None:
                 out.append(self.unk_token)  # stands for real text, so never skipped
             else:
                 raise ValueError(
@@ -127,8 +127,7 @@ class CharTokenizer(Tokenizer):
         chars, specials = data.get("chars"), data.get("specials")
         if not isinstance(chars, str):
             raise ValueError(f"char tokenizer JSON: 'chars' must be a string, got {chars!r}")
-        roles_ok = isinstance(specials, Mapping) and "bos" in specials
-        if not roles_ok or set(specials) - {"bos", "unk"}:
+        if not isinstance(specials, Mapping) or "bos" not in specials or set(specials) - {"bos", "unk"}:
             raise ValueError(
                 f"char tokenizer JSON: 'specials' must hold 'bos' and maybe 'unk', got {specials!r}"
             )

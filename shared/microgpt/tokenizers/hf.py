@@ -287,7 +287,7 @@ class HFTokenizer(Tokenizer):
         return {"tokenizer.json": self._text}
 
     def __setstate__(self, state: dict[str, str]) -> None:
-        self.__init__(Backend.from_str(state["tokenizer.json"]))
+        HFTokenizer.__init__(self, Backend.from_str(state["tokenizer.json"]))
 
     @property
     def content_hash(self) -> str:

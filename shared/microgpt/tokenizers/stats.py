@@ -25,7 +25,8 @@ def holdout_split(docs: Sequence[str], fraction: float) -> tuple[list[str], list
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1], got {fraction}")
     threshold = int(fraction * 2**64)
-    kept, held = [], []
+    kept: list[str] = []
+    held: list[str] = []
     for doc in docs:
         digest = hashlib.blake2b(doc.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         (held if int.from_bytes(digest, "big") < threshold else kept).append(doc)

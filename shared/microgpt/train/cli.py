@@ -4,6 +4,9 @@
     microgpt train --preset shakespeare-cpu --set model.n_layer=2 --set train.lr=3e-4
     microgpt train --preset micro --out runs/micro --resume      # continue after a stop
     microgpt finetune runs/names/checkpoint --data new.txt --lora-rank 8   # LoRA on new data
+    microgpt train --preset chat-tiny                            # a chat model: pretraining, then SFT
+    microgpt finetune runs/chat-tiny/checkpoint --sft --data my_chats.jsonl   # SFT on your conversations
+    microgpt train --preset micro --local-path names.txt         # offline: a copy of the data set
     torchrun --nproc_per_node 2 -m microgpt train --preset names    # data-parallel (DDP)
 
 `--set section.key=value` overrides one field of the preset's model (GPTConfig) or train
@@ -12,8 +15,9 @@ and as a string otherwise. An unknown key is a ValueError naming it. SIGTERM or 
 finishes the current step, checkpoints and exits; `--resume` continues exactly.
 The cache directory comes from the settings (`MICROGPT_CACHE`) here and nowhere below.
 `finetune` starts from a checkpoint with its architecture and tokenizer and the recipe it
-was trained with (its trainer state, else its preset's), overridden by `--set`. Under
-torchrun only rank 0 prints.
+was trained with (its trainer state, else its preset's), overridden by `--set`; a checkpoint
+that records no recipe (one `microgpt import hf` made) takes a preset's with `--preset`, as a
+finetune job names one. Under torchrun only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -62,7 +66,16 @@ class _Progress:
 
     def on_eval(self, record: dict[str, Any]) -> None:
         val, best = record["val_loss"], record["best_val_loss"]
-        line = f"step {record['step']} | val loss {val:.4f} (best {best:.4f})"
+        self._say(f"step {record['step']} | val loss {val:.4f} (best {best:.4f})")
+
+    def on_interpret(self, record: dict[str, Any]) -> None:
+        self._say(
+            f"step {record['step']} | induction score {record['induction_score']:.3f}, "
+            f"attention entropy {record['attention_entropy']:.3f}"
+        )
+
+    def _say(self, line: str) -> None:
+        """A line between steps: above the bar on a terminal, else printed."""
         if self.bar is not None:
             self.bar.write(line)
         else:
@@ -94,22 +107,35 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from microgpt.checkpoint import load_checkpoint
-    from microgpt.config import TrainConfig
+    from microgpt.config import SFT_SETTINGS, TrainConfig
     from microgpt.train.lora import LoRAConfig
-    from microgpt.zoo import PRESETS, Preset
+    from microgpt.zoo import PRESETS, Preset, get_preset
 
     overrides = parse_overrides(args.set or [])
     if args.max_steps is not None:
         overrides["train"]["max_steps"] = args.max_steps
+    if args.sft:
+        for key in ("loss_on", "data_mode"):
+            if overrides["train"].get(key, SFT_SETTINGS[key]) != SFT_SETTINGS[key]:
+                raise ValueError(f"--sft trains with train.{key}={SFT_SETTINGS[key]}; drop --set train.{key}")
+        overrides["train"] = {**SFT_SETTINGS, **overrides["train"]}
+        args.data = args.data or "chat"
+    elif args.data is None:
+        raise ValueError("finetune needs --data (with --sft it defaults to the built-in chat conversations)")
     base = load_checkpoint(args.checkpoint)
     state = base.trainer_state or {}
-    if "train" in state:
+    if args.preset is not None:
+        recipe = get_preset(args.preset).train
+    elif "train" in state:
         recipe = TrainConfig.model_validate(state["train"])
     elif base.preset in PRESETS:
         recipe = PRESETS[base.preset].train
     else:
-        raise ValueError(f"{args.checkpoint} records neither its training recipe nor a known preset")
-    name = base.preset or "checkpoint"
+        raise ValueError(
+            f"{args.checkpoint} records neither its training recipe nor a known preset "
+            "(an imported model, say); name the preset whose recipe to use with --preset"
+        )
+    name = args.preset or base.preset or "checkpoint"
     preset = Preset(name, f"finetune of {args.checkpoint}", base.config, recipe)
     preset = preset.with_overrides(train=overrides["train"])  # model overrides are checked by the loop
     lora = None
@@ -128,6 +154,8 @@ def _run(args: argparse.Namespace, preset: Any, out: Path, overrides: dict[str, 
     from microgpt.train.loop import train
     from microgpt.train.signals import stop_on_signals
 
+    if args.local_path is not None:
+        _cache_local_copy(args.data or preset.train.dataset, args.local_path)
     progress = _Progress(preset.train.max_steps, bar=sys.stderr.isatty() and _is_main())
     with stop_on_signals() as stop, contextlib.closing(progress):
         result = train(
@@ -161,6 +189,17 @@ def _run(args: argparse.Namespace, preset: Any, out: Path, overrides: dict[str, 
     print(f"checkpoint: {result.checkpoint}; try: microgpt sample {result.checkpoint}")
 
 
+def _cache_local_copy(dataset: str | None, local_path: str) -> None:
+    """`--local-path`: a copy of a downloadable data set, checked against its pinned sha256 and put in
+    the cache, where training finds it instead of downloading (the way `data prepare` takes it)."""
+    from microgpt.data.builtin import fetch
+    from microgpt.settings import get_settings
+
+    if dataset is None:
+        raise ValueError("--local-path needs --data naming the downloadable data set it is a copy of")
+    fetch(dataset, get_settings().cache, local_path=local_path)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train` to the main parser's subcommands."""
     p = subparsers.add_parser("train", help="train a preset on a data set (checkpoints, resume)")
@@ -180,7 +219,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     f = subparsers.add_parser("finetune", help="finetune a checkpoint on new data (full or LoRA)")
     f.add_argument("checkpoint", help="the base checkpoint directory (its tokenizer is kept)")
-    f.add_argument("--data", required=True, help="built-in data set, path, or prepared directory")
+    f.add_argument(
+        "--data", default=None, help="built-in data set, path, or prepared directory (--sft: default chat)"
+    )
+    f.add_argument(
+        "--sft",
+        action="store_true",
+        help="supervised finetuning: the loss on the assistant's replies of messages JSONL conversations",
+    )
+    f.add_argument(
+        "--preset",
+        default=None,
+        help="the zoo preset whose training recipe to use (default: the checkpoint's own recipe)",
+    )
     f.add_argument("--set", action="extend", nargs="+", metavar="SECTION.KEY=VALUE", help="override settings")
     f.add_argument("--out", default=None, help="run directory (default: runs/finetune-PRESET)")
     f.add_argument("--lora-rank", type=int, default=None, help="train rank-R LoRA adapters only")
@@ -192,6 +243,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--local-path",
+        default=None,
+        help="a copy of the downloadable data set (checked, then cached) for a machine without network",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
     p.add_argument(
         "--checkpoint-interval",

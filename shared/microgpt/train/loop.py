@@ -11,7 +11,8 @@ Design choices a reader must know:
 - A run is a pure function of its configs and seed. Batch `step` comes from
   `Batches.get(step)` (seeded by (seed, split, step), nothing drawn before matters),
   the model is initialised under `torch.manual_seed(seed)`, and the checkpoint holds the
-  optimizer state and every RNG state (python, numpy, torch, as JSON lists). So a run
+  optimizer state and the run state (`microgpt.train.state.RunState`: step, best
+  evaluation, every RNG state as JSON lists). So a run
   stopped at step k and resumed reproduces the uninterrupted run bit for bit on CPU:
   the same per-step losses and the same final weights.
 - One step is `grad_accum` micro-batches of `batch_size` rows; its loss is the mean of
@@ -20,7 +21,8 @@ Design choices a reader must know:
   over its positions.
 - `out_dir` holds `checkpoint/` (the latest, replaced atomically, see
   `microgpt.checkpoint`), `best/` (the weights of the best evaluation so far, no
-  optimizer state) and `metrics.jsonl` (one line per step and per evaluation).
+  optimizer state) and `metrics.jsonl` (one line per step, evaluation and probe: the run's
+  only loss history, `microgpt.train.metrics`).
 - Early stopping (`early_stopping_patience` evaluations without a new best) checkpoints
   and returns like the stop flag; the count is in the checkpoint, so resume keeps it.
   A resumed run first drops metrics lines past the checkpoint's step, so the log reads
@@ -28,6 +30,11 @@ Design choices a reader must know:
 - Stopping is cooperative: `stop_flag` (an Event or a callable) is checked at step
   boundaries; when set, the loop checkpoints and returns. `stop_on_signals` turns
   SIGTERM/SIGINT into that flag for the CLI.
+- Supervised finetuning is this loop with `train.loss_on="assistant"` on conversations
+  (messages JSONL, rendered with the chat template): the data is prepared with a loss mask
+  and the loss falls on the assistant's replies only. With `train.pretrain_fraction` the
+  first part of the steps trains on every token of the same shards (pretraining, then
+  finetuning, in one resumable run: the step says which); evaluation always uses the mask.
 - Finetuning is this loop with `init_from` (a checkpoint: its weights, architecture and
   tokenizer) and optionally `lora` (a LoRAConfig, `microgpt.train.lora`): base weights
   frozen, the optimizer over the adapters only, each checkpoint the merged model and the
@@ -42,18 +49,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import hashlib
-import json
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -71,42 +76,25 @@ from microgpt.config import GPTConfig, TrainConfig
 from microgpt.data.batches import IGNORE_INDEX, Batches, trim_padding
 from microgpt.data.manifest import MANIFEST_FILE, TOKENIZER_FILE, check_vocab, read_manifest
 from microgpt.data.prepare import prepare_dataset
+from microgpt.interpret.heads import probe
 from microgpt.model import GPT
 from microgpt.tokenizers import Tokenizer, load_tokenizer
 from microgpt.train.distributed import DistContext, all_sum, barrier, cleanup, init_distributed
 from microgpt.train.lora import LoRAConfig, adapters_bytes, apply_lora, load_adapters, merge_lora
+from microgpt.train.metrics import METRICS_FILE, MetricsLog, TrainCallback, read_history
+from microgpt.train.metrics import truncate as truncate_metrics
+from microgpt.train.state import RunState, diff_settings, rng_state, set_rng_state
 from microgpt.zoo import Preset, get_preset
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
-METRICS_FILE = "metrics.jsonl"
 ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, beside its (merged) checkpoint
-STATE_FORMAT = 1
-# Settings that may change between a run and its resumption; any other change is refused.
-RESUMABLE_CHANGES = {
-    "max_steps",
-    "eval_interval",
-    "eval_steps",
-    "early_stopping_patience",
-    "early_stopping_min_delta",
-    "compile",
-}
 # Model settings a finetune may change: the rest would no longer fit the base weights.
 FINETUNE_MODEL_CHANGES = {"dropout"}
 _BUILTIN_VOCAB_KINDS = ("char", "byte")  # kinds whose vocabulary size is fixed by the data
 # Below this many FLOPs per full micro-batch a CPU step is too small to split over threads: a
 # second thread gains nothing quiet (names: 15.3 vs 15.4 ms) and loses 7x on a busy machine.
 SMALL_STEP_FLOPS = 2e9  # names: 1.3e9 (one thread), shakespeare-cpu: 4.0e9 (1.7x faster on two)
-
-
-class TrainCallback:
-    """Hooks the loop calls; override any of them. Records are the metrics.jsonl lines."""
-
-    def on_step(self, record: dict[str, Any]) -> None: ...
-
-    def on_eval(self, record: dict[str, Any]) -> None: ...
-
-    def on_checkpoint(self, path: Path, step: int) -> None: ...
 
 
 class _Flag(Protocol):
@@ -122,7 +110,7 @@ class TrainResult:
     checkpoint: Path
     step: int  # steps completed, counting those before a resume
     max_steps: int
-    losses: list[float]  # one per completed step, from step 1
+    losses: list[float]  # one per completed step, from step 1 (read from metrics.jsonl)
     val_loss: float | None  # the last evaluation's
     stopped: bool  # the stop flag ended the run before max_steps
     wall_seconds: float  # this call's, data preparation included
@@ -166,7 +154,7 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def fused_kernels(params: list[torch.Tensor]) -> dict[str, bool]:
+def fused_kernels(params: Sequence[torch.Tensor]) -> dict[str, bool]:
     """Adam's fused kernel (one pass over all parameters) on CPU and CUDA, else its foreach one;
     torch's default on the CPU is a Python loop of a dozen ops per parameter."""
     if all(p.device.type in ("cpu", "cuda") for p in params):
@@ -237,34 +225,6 @@ def evaluate(
     return total / steps
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the loop may touch, as JSON-safe lists."""
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [
-            np_state[0],
-            np_state[1].tolist(),
-            *(x.item() if hasattr(x, "item") else x for x in np_state[2:]),
-        ],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
 def train(
     preset: str | Preset,
     *,
@@ -304,7 +264,10 @@ def train(
 
     Each step appends `{"kind": "train", "step", "loss", "lr", "tokens_per_s"}` to
     `out_dir/metrics.jsonl` and passes it to every callback's `on_step`; evaluations append
-    `{"kind": "eval", "step", "val_loss"}` (`on_eval`). `stop_flag` (a threading.Event or a
+    `{"kind": "eval", "step", "val_loss"}` (`on_eval`); with `train.interpret_every` N, every
+    N steps rank 0 appends `{"kind": "interpret", "step", "induction_score",
+    "attention_entropy"}` (`microgpt.interpret.probe`, `on_interpret`). The result's loss
+    history is read back from metrics.jsonl, the one place it is kept. `stop_flag` (a threading.Event or a
     callable) is checked between steps: when set, the loop checkpoints and returns with
     `stopped=True`. Errors a user can fix are ValueErrors.
     """
@@ -349,23 +312,91 @@ def train(
     if dev.type == "cpu":
         torch.set_num_threads(threads or cpu_threads(p) or before)
     try:
-        result = _train(
-            p, ctx, dev, out, source, cache_dir, interval, resume, callbacks, stop_flag, base, lora
+        state, ending = _train(
+            p,
+            ctx,
+            dev,
+            out=out,
+            source=source,
+            cache_dir=cache_dir,
+            interval=interval,
+            resume=resume,
+            callbacks=callbacks,
+            stop_flag=stop_flag,
+            base=base,
+            lora=lora,
         )
         if ctx.active:
             gc.collect()  # frees the DDP wrapper (it holds reference cycles) while the group lives
-        barrier(ctx)  # rank 0's last checkpoint is in place before any rank returns
+        barrier(ctx)  # rank 0's last checkpoint and metrics line are in place before any rank reads
     finally:
         torch.set_num_threads(before)
         cleanup(ctx)
-    result.wall_seconds = time.perf_counter() - started
-    return result
+    history = read_history(out / METRICS_FILE)
+    return TrainResult(
+        out_dir=out,
+        checkpoint=ckpt_dir,
+        step=state.step,
+        max_steps=tc.max_steps,
+        losses=history.losses,
+        val_loss=history.val_losses[-1][1] if history.val_losses else None,
+        stopped=ending.stopped,
+        wall_seconds=time.perf_counter() - started,
+        tokens_per_second=ending.tokens / ending.seconds if ending.seconds > 0 else 0.0,
+        val_losses=history.val_losses,
+        adapters=out / ADAPTERS_FILE if lora is not None else None,
+        best=out / BEST_DIR if state.best_step is not None else None,
+        best_step=state.best_step,
+        best_val_loss=state.best_val_loss,
+        early_stopped=ending.early_stopped,
+    )
+
+
+@dataclass
+class _Run:
+    """What one rank's loop works with, fixed once the run has started (the state is apart)."""
+
+    preset: Preset
+    ctx: DistContext
+    dev: torch.device
+    out: Path
+    interval: int  # checkpoint every this many steps
+    tokenizer: Tokenizer
+    gpt: GPT  # the weights (with adapters in a LoRA run)
+    fast: nn.Module  # gpt, compiled when train.compile: what evaluates
+    model: nn.Module  # fast, wrapped in DDP under torchrun: what trains
+    ddp: DistributedDataParallel | None
+    optimizer: torch.optim.Optimizer
+    train_batches: Batches
+    pretrain_batches: Batches | None  # every token a target, for the first train.pretrain_steps
+    val_batches: Batches
+    lora: LoRAConfig | None
+    stop_flag: StopFlag | None
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.preset.train
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / CHECKPOINT_DIR
+
+
+@dataclass
+class _Ending:
+    """How this call's loop ended, and its own throughput figures."""
+
+    stopped: bool = False  # the stop flag or early stopping ended it before max_steps
+    early_stopped: bool = False
+    tokens: int = 0  # target tokens this call trained on
+    seconds: float = 0.0  # this call's time in the loop
 
 
 def _train(
     p: Preset,
     ctx: DistContext,
     dev: torch.device,
+    *,
     out: Path,
     source: str,
     cache_dir: str | Path,
@@ -375,216 +406,264 @@ def _train(
     stop_flag: StopFlag | None,
     base: Checkpoint | None,
     lora: LoRAConfig | None,
-) -> TrainResult:
+) -> tuple[RunState, _Ending]:
     """The loop itself, on one rank; `train` has checked the arguments and joined the group."""
+    tokenizer, prepared = _prepare_on_ranks(ctx, source, p, cache_dir, base)
     tc = p.train
-    ckpt_dir = out / CHECKPOINT_DIR
+    mc = p.model if base is not None else p.model.updated(vocab_size=tokenizer.vocab_size)
+    check_vocab(tokenizer, mc.vocab_size)
+    batches_of = functools.partial(
+        Batches,
+        prepared,
+        batch_size=tc.batch_size,
+        block_size=mc.block_size,
+        seed=tc.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    gpt = _build_model(mc, tc.seed, dev, base, lora)
+    optimizer = build_optimizer(gpt, tc)
+    state = RunState(
+        preset=p.name,
+        data=source,
+        data_sha256=read_manifest(prepared).source_sha256,
+        model=mc,
+        train=tc,
+        lineage=_lineage(base, lora),
+    )
+    metrics_path = out / METRICS_FILE
+    if resume:
+        state = _restore(out, gpt, optimizer, state)
+        if ctx.is_main:
+            truncate_metrics(metrics_path, state.step)
+    elif ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+    fast = torch.compile(gpt) if tc.compile else gpt
+    assert isinstance(fast, nn.Module)  # torch.compile's signature says only "a callable"
+    model: nn.Module = fast
+    ddp: DistributedDataParallel | None = None
+    if ctx.active:
+        model = ddp = DistributedDataParallel(fast, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if ctx.shared is not None:
+            ddp.register_comm_hook(None, ctx.shared.ddp_hook)
+    run = _Run(
+        preset=p,
+        ctx=ctx,
+        dev=dev,
+        out=out,
+        interval=interval,
+        tokenizer=tokenizer,
+        gpt=gpt,
+        fast=fast,
+        model=model,
+        ddp=ddp,
+        optimizer=optimizer,
+        train_batches=batches_of(tokenizer=tokenizer, loss_on=tc.loss_on),
+        pretrain_batches=batches_of(loss_on="all") if tc.pretrain_steps else None,
+        val_batches=batches_of(split="val", loss_on=tc.loss_on),
+        lora=lora,
+        stop_flag=stop_flag,
+    )
+    hooks = list(callbacks or []) if ctx.is_main else []
+    with MetricsLog(metrics_path if ctx.is_main else None, hooks) as log:
+        ending = _loop(run, state, log)
+    return state, ending
+
+
+def _prepare_on_ranks(
+    ctx: DistContext, source: str, p: Preset, cache_dir: str | Path, base: Checkpoint | None
+) -> tuple[Tokenizer, Path]:
+    """The run's tokenizer and prepared data: rank 0 prepares, the others then reuse its shards."""
     base_tokenizer = base.tokenizer if base is not None else None
-    if ctx.is_main:  # rank 0 prepares; the others then find the shards and reuse them
+    if ctx.is_main:
         prepared, tokenizer = _prepare(source, p, cache_dir, base_tokenizer)
     barrier(ctx)
     if not ctx.is_main:
         prepared, tokenizer = _prepare(source, p, cache_dir, base_tokenizer)
-    data_sha256 = read_manifest(prepared).source_sha256
-    mc = p.model if base is not None else p.model.updated(vocab_size=tokenizer.vocab_size)
-    check_vocab(tokenizer, mc.vocab_size)
-    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
-    sizes = {"batch_size": tc.batch_size, "block_size": mc.block_size, "seed": tc.seed, **shard}
-    train_batches = Batches(prepared, tokenizer=tokenizer, **sizes)
-    val_batches = Batches(prepared, split="val", **sizes)
+    return tokenizer, prepared
 
-    torch.manual_seed(tc.seed)  # the same on every rank: identical initial weights
+
+def _build_model(
+    mc: GPTConfig, seed: int, dev: torch.device, base: Checkpoint | None, lora: LoRAConfig | None
+) -> GPT:
+    """The initial weights: seeded (the same on every rank), or the base's, with LoRA adapters."""
+    torch.manual_seed(seed)
     gpt = GPT(mc).to(dev)
-    lineage: dict[str, Any] = {}
     if base is not None:
         gpt.load_state_dict(base.model.state_dict())
+    if lora is not None:
+        apply_lora(gpt, lora)
+    gpt.train()
+    return gpt
+
+
+def _lineage(base: Checkpoint | None, lora: LoRAConfig | None) -> dict[str, Any]:
+    """What a finetune records of where it came from (RunState.lineage)."""
+    lineage: dict[str, Any] = {}
+    if base is not None:
         lineage["init_from"] = str(base.path.resolve())
         lineage["base_sha256"] = read_config(base.path).files[MODEL_FILE]
     if lora is not None:
-        apply_lora(gpt, lora)
         lineage["lora"] = lora.model_dump(mode="json")
-    gpt.train()
-    optimizer = build_optimizer(gpt, tc)
-    losses: list[float] = []
-    val_losses: list[tuple[int, float]] = []
-    best: dict[str, Any] | None = None  # {"step", "val_loss"} of the best evaluation so far
-    bad_evals = 0  # evaluations in a row without a new best, for early stopping
-    step = 0
-    metrics_path = out / METRICS_FILE
-    adapters_path = out / ADAPTERS_FILE
-    if resume:
-        state = _restore(ckpt_dir, gpt, optimizer, mc, tc, (source, data_sha256), lineage, adapters_path)
-        step, losses = state["step"], list(state["losses"])
-        val_losses = [(int(s), float(v)) for s, v in state.get("val_losses", [])]
-        best, bad_evals = state.get("best"), int(state.get("bad_evals", 0))
-        if ctx.is_main:
-            _truncate_metrics(metrics_path, step)
-    elif ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-    fast: nn.Module = torch.compile(gpt) if tc.compile else gpt
-    model = fast
-    if ctx.active:
-        model = DistributedDataParallel(fast, device_ids=[dev.index] if dev.type == "cuda" else None)
-        if ctx.shared is not None:
-            model.register_comm_hook(None, ctx.shared.ddp_hook)
+    return lineage
 
-    hooks = list(callbacks or []) if ctx.is_main else []
-    tokens_this_call = 0
-    stopped = early_stopped = False
 
-    def servable() -> nn.Module:
-        """The weights as served: a LoRA run's merged into a copy, training goes on unmerged."""
-        return merge_lora(copy.deepcopy(gpt)) if lora is not None else gpt
+def _loop(run: _Run, state: RunState, log: MetricsLog) -> _Ending:
+    """Steps from `state.step` to max_steps, evaluating, probing and checkpointing on schedule."""
+    tc = run.tc
+    ending = _Ending()
+    started = time.perf_counter()
+    saved = True  # nothing to checkpoint before the first step
+    while state.step < tc.max_steps:
+        t0 = time.perf_counter()
+        batches, own, counts, stop = _next_batches(run, state.step)
+        if stop:
+            if not saved:
+                _checkpoint(run, state, log)
+            ending.stopped = True
+            break
+        lr = lr_at(state.step, tc)
+        loss = _optimizer_step(run, batches, own, counts, lr)
+        state.step += 1
+        tokens = sum(counts)
+        state.tokens += tokens
+        ending.tokens += tokens
+        dt = time.perf_counter() - t0
+        tokens_per_s = tokens / dt if dt > 0 else 0.0
+        log.step({"kind": "train", "step": state.step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
+        early = False
+        if state.step % tc.eval_interval == 0 or state.step == tc.max_steps:
+            log.eval(_evaluate(run, state))
+            early = state.patience_exhausted
+        if tc.interpret_every and state.step % tc.interpret_every == 0 and run.ctx.is_main:
+            log.interpret(_probe(run, state))
+        saved = state.step % run.interval == 0 or state.step == tc.max_steps
+        if saved:
+            _checkpoint(run, state, log)
+        if early and state.step < tc.max_steps:
+            if not saved:
+                _checkpoint(run, state, log)
+            ending.stopped = ending.early_stopped = True
+            break
+    ending.seconds = time.perf_counter() - started
+    return ending
 
-    def save_best(val: float) -> None:
-        if ctx.is_main:
-            state = {"step": step, "val_loss": val, "data": source, "train": tc.model_dump(mode="json")}
-            save_checkpoint(
-                out / BEST_DIR,
-                servable(),
-                tokenizer=tokenizer,
-                preset=p.name,
-                trainer_state={**state, **lineage},
-                metadata={"data": source, "step": step, "val_loss": val},
-            )
 
-    def checkpoint() -> None:
-        if not ctx.is_main:
-            return
-        state = {
-            "format": STATE_FORMAT,
-            "step": step,
-            "preset": p.name,
-            "data": source,
-            "data_sha256": data_sha256,
-            "model": mc.model_dump(mode="json"),
-            "train": tc.model_dump(mode="json"),
-            "losses": losses,
-            "val_losses": val_losses,
-            "best": best,
-            "bad_evals": bad_evals,
-            "rng": rng_state(),
-            **lineage,
-        }
-        if lora is not None:
-            # Adapters first, then the checkpoint that records their digest: a crash between
-            # the two leaves a pair that resume recognises as torn instead of mixing them.
-            blob = adapters_bytes(gpt, lora)
-            state["adapters_sha256"] = hashlib.sha256(blob).hexdigest()
-            atomic_write_bytes(adapters_path, blob)
-        save_checkpoint(
-            ckpt_dir,
-            servable(),
-            tokenizer=tokenizer,
-            preset=p.name,
-            optimizer=optimizer,
-            trainer_state=state,
-            metadata={"data": source, "step": step},
-        )
-        for hook in hooks:
-            hook.on_checkpoint(ckpt_dir, step)
+def _next_batches(
+    run: _Run, step: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int], list[int], bool]:
+    """Step `step`'s micro-batches, their token counts (this rank's, all ranks'), and whether to stop.
 
-    loop_started = time.perf_counter()
-    with open(metrics_path, "a") if ctx.is_main else contextlib.nullcontext() as log:
+    One collective before the step: whether any rank must stop, and each micro-batch's token
+    count over all ranks, which `_optimizer_step` needs to weigh each rank's loss.
+    """
+    tc = run.tc
+    first = step * tc.grad_accum
+    source = run.pretrain_batches if run.pretrain_batches and step < tc.pretrain_steps else run.train_batches
+    batches = [trim_padding(*source.get(first + m)) for m in range(tc.grad_accum)]
+    own = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+    local = [int(_is_set(run.stop_flag)), *own]
+    if run.ctx.active:
+        local = all_sum(run.ctx, torch.tensor(local, device=run.dev)).tolist()
+    stop, *counts = local
+    return batches, own, counts, bool(stop)
 
-        def emit(record: dict[str, Any]) -> None:
-            if log is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
 
-        saved = True  # nothing to checkpoint before the first step
-        while step < tc.max_steps:
-            t0 = time.perf_counter()
-            first = step * tc.grad_accum
-            batches = [trim_padding(*train_batches.get(first + m)) for m in range(tc.grad_accum)]
-            # One collective before the step: whether any rank must stop, and each micro-batch's
-            # token count over all ranks. Each rank's mean is weighed by its share of those tokens,
-            # so DDP's average of gradients is the gradient of the whole batch's mean loss.
-            own = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
-            local = [int(_is_set(stop_flag)), *own]
-            stop, *counts = all_sum(ctx, torch.tensor(local, device=dev)).tolist() if ctx.active else local
-            if stop:
-                if not saved:
-                    checkpoint()
-                stopped = True
-                break
-            lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=dev)
-            for micro, ((x, y), n, n_all) in enumerate(zip(batches, own, counts, strict=True)):
-                last = micro == tc.grad_accum - 1
-                with model.no_sync() if ctx.active and not last else contextlib.nullcontext():
-                    with autocast(dev, tc.precision):
-                        loss = model(x.to(dev), y.to(dev)).loss
-                    if ctx.active:
-                        share = n / n_all
-                        (loss * (share * ctx.world_size / tc.grad_accum)).backward()
-                        total += loss.detach() * share
-                    else:
-                        (loss / tc.grad_accum).backward()
-                        total += loss.detach()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(gpt.parameters(), tc.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_value = (all_sum(ctx, total) / tc.grad_accum).item()
-            tokens = sum(counts)
-            dt = time.perf_counter() - t0
-            losses.append(loss_value)
-            tokens_this_call += tokens
-            record = {
-                "kind": "train",
-                "step": step,
-                "loss": loss_value,
-                "lr": lr,
-                "tokens_per_s": tokens / dt if dt > 0 else 0.0,
-            }
-            emit(record)
-            for hook in hooks:
-                hook.on_step(record)
-            if step % tc.eval_interval == 0 or step == tc.max_steps:
-                val = evaluate(fast, val_batches, tc.eval_steps, dev, ctx=ctx, precision=tc.precision)
-                val_losses.append((step, val))
-                improved = best is None or val < best["val_loss"] - tc.early_stopping_min_delta
-                if best is None or val < best["val_loss"]:
-                    best = {"step": step, "val_loss": val}
-                    save_best(val)
-                bad_evals = 0 if improved else bad_evals + 1
-                early_stopped = 0 < tc.early_stopping_patience <= bad_evals
-                record = {"kind": "eval", "step": step, "val_loss": val, "best_val_loss": best["val_loss"]}
-                emit(record)
-                for hook in hooks:
-                    hook.on_eval(record)
-            saved = step % interval == 0 or step == tc.max_steps
-            if saved:
-                checkpoint()
-            if early_stopped and step < tc.max_steps:
-                if not saved:
-                    checkpoint()
-                stopped = True
-                break
+def _optimizer_step(
+    run: _Run,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    own: list[int],
+    counts: list[int],
+    lr: float,
+) -> float:
+    """One update over the micro-batches; the step's loss, the mean of their mean token losses.
 
-    looped = time.perf_counter() - loop_started
-    return TrainResult(
-        out_dir=out,
-        checkpoint=ckpt_dir,
-        step=step,
-        max_steps=tc.max_steps,
-        losses=losses,
-        val_loss=val_losses[-1][1] if val_losses else None,
-        stopped=stopped,
-        wall_seconds=0.0,  # set by train, which counts data preparation too
-        tokens_per_second=tokens_this_call / looped if looped > 0 else 0.0,
-        val_losses=val_losses,
-        adapters=adapters_path if lora is not None else None,
-        best=out / BEST_DIR if best is not None else None,
-        best_step=best["step"] if best is not None else None,
-        best_val_loss=best["val_loss"] if best is not None else None,
-        early_stopped=early_stopped and stopped,
+    Under DDP each rank's mean is weighed by its share of the micro-batch's tokens, so DDP's
+    average of gradients is the gradient of the whole batch's mean loss.
+    """
+    tc, ctx, dev = run.tc, run.ctx, run.dev
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=dev)
+    for micro, ((x, y), n, n_all) in enumerate(zip(batches, own, counts, strict=True)):
+        last = micro == tc.grad_accum - 1
+        with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
+            with autocast(dev, tc.precision):
+                loss = run.model(x.to(dev), y.to(dev)).loss
+            if ctx.active:
+                share = n / n_all
+                (loss * (share * ctx.world_size / tc.grad_accum)).backward()
+                total += loss.detach() * share
+            else:
+                (loss / tc.grad_accum).backward()
+                total += loss.detach()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.gpt.parameters(), tc.grad_clip)
+    run.optimizer.step()
+    return float((all_sum(ctx, total) / tc.grad_accum).item())
+
+
+def _evaluate(run: _Run, state: RunState) -> dict[str, Any]:
+    """Evaluate, track the best (saving its weights) and early stopping; the metrics record."""
+    tc = run.tc
+    val = evaluate(run.fast, run.val_batches, tc.eval_steps, run.dev, ctx=run.ctx, precision=tc.precision)
+    if state.record_eval(val):
+        _save_best(run, state)
+    return {"kind": "eval", "step": state.step, "val_loss": val, "best_val_loss": state.best_val_loss}
+
+
+def _probe(run: _Run, state: RunState) -> dict[str, Any]:
+    """The interpretability probe's figures at this step (induction score, attention entropy).
+
+    It draws from its own seeded generator and runs in eval mode, so the run's RNG streams and
+    therefore its losses are the same with or without it.
+    """
+    return {"kind": "interpret", "step": state.step, **probe(run.gpt)}
+
+
+def _servable(run: _Run) -> nn.Module:
+    """The weights as served: a LoRA run's merged into a copy, training goes on unmerged."""
+    return merge_lora(copy.deepcopy(run.gpt)) if run.lora is not None else run.gpt
+
+
+def _save_best(run: _Run, state: RunState) -> None:
+    """out_dir/best: the weights of the best evaluation so far, no optimizer state."""
+    if not run.ctx.is_main:
+        return
+    best = {"step": state.step, "val_loss": state.best_val_loss}
+    save_checkpoint(
+        run.out / BEST_DIR,
+        _servable(run),
+        tokenizer=run.tokenizer,
+        preset=run.preset.name,
+        trainer_state={**best, "data": state.data, "train": run.tc.model_dump(mode="json"), **state.lineage},
+        metadata={"data": state.data, **best},
     )
+
+
+def _checkpoint(run: _Run, state: RunState, log: MetricsLog) -> None:
+    """out_dir/checkpoint: weights, optimizer and the run state, replaced atomically (rank 0)."""
+    if not run.ctx.is_main:
+        return
+    state.rng = rng_state()
+    if run.lora is not None:
+        # Adapters first, then the checkpoint that records their digest: a crash between
+        # the two leaves a pair that resume recognises as torn instead of mixing them.
+        blob = adapters_bytes(run.gpt, run.lora)
+        state.adapters_sha256 = hashlib.sha256(blob).hexdigest()
+        atomic_write_bytes(run.out / ADAPTERS_FILE, blob)
+    save_checkpoint(
+        run.ckpt_dir,
+        _servable(run),
+        tokenizer=run.tokenizer,
+        preset=run.preset.name,
+        optimizer=run.optimizer,
+        trainer_state=state.to_json(),
+        metadata={"data": state.data, "step": state.step},
+    )
+    log.checkpoint(run.ckpt_dir, state.step)
 
 
 def _is_set(flag: StopFlag | None) -> bool:
@@ -616,7 +695,9 @@ def _prepare(
                     f"prepare the data with the checkpoint's tokenizer.json, or pass the raw data"
                 )
             return prepared, tokenizer
-        prepared, _ = prepare_dataset(source, cache_dir=cache_dir, tokenizer=tokenizer, mode=tc.data_mode)
+        prepared, _ = prepare_dataset(
+            source, cache_dir=cache_dir, tokenizer=tokenizer, mode=tc.data_mode, loss_on=tc.loss_on
+        )
         return prepared, tokenizer
     spec = tc.tokenizer
     trained_kind = (
@@ -628,61 +709,32 @@ def _prepare(
         tokenizer=spec,
         vocab_size=p.model.vocab_size if trained_kind else None,
         mode=tc.data_mode,
+        loss_on=tc.loss_on,
     )
     return prepared, load_tokenizer(prepared / TOKENIZER_FILE)
 
 
-def _restore(
-    ckpt_dir: Path,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    mc: GPTConfig,
-    tc: TrainConfig,
-    data: tuple[str, str],
-    lineage: dict[str, Any],
-    adapters_path: Path,
-) -> dict[str, Any]:
-    """Load weights, optimizer and RNG states from `ckpt_dir`; refuse a different recipe.
+def _restore(out: Path, model: GPT, optimizer: torch.optim.Optimizer, now: RunState) -> RunState:
+    """Load weights, optimizer and RNG states from `out`'s checkpoint; its state under `now`'s
+    recipe. A different recipe is refused (RunState.check_resumable).
 
     Data and base weights are compared by content (sha256), not by path, so a run moves
-    between machines whose caches live elsewhere (the trainer service's workers).
-    `data` is (source, sha256 of its content). `lineage` is the base checkpoint and LoRA
-    config this run was started with; a LoRA run
+    between machines whose caches live elsewhere (the trainer service's workers). A LoRA run
     takes its frozen weights from the base (checked by digest) and its adapters from
-    `adapters_path` (checked against the digest the checkpoint recorded).
+    out_dir/adapters.safetensors (checked against the digest the checkpoint recorded).
     """
+    ckpt_dir = out / CHECKPOINT_DIR
     saved_model = read_config(ckpt_dir).model
-    if saved_model != mc:
-        raise ValueError(
-            f"cannot resume {ckpt_dir}: {_diff(saved_model.model_dump(), mc.model_dump(), 'model')}"
-        )
-    ckpt = load_checkpoint(ckpt_dir, device=next(model.parameters()).device)
-    state = ckpt.trainer_state
-    if state is None or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"cannot resume {ckpt_dir}: it holds no trainer state of format {STATE_FORMAT}")
-    saved_train = TrainConfig.model_validate(state["train"]).model_dump()
-    now = tc.model_dump()
-    changed = {k for k in now if saved_train[k] != now[k]} - RESUMABLE_CHANGES
-    if changed:
-        diff = _diff({k: saved_train[k] for k in changed}, {k: now[k] for k in changed}, "train")
+    if saved_model != now.model:
+        diff = diff_settings(saved_model.model_dump(), now.model.model_dump(), "model")
         raise ValueError(f"cannot resume {ckpt_dir}: {diff}")
-    source, data_sha256 = data
-    if state.get("data_sha256") != data_sha256:
-        raise ValueError(
-            f"cannot resume {ckpt_dir}: it trained on {state['data']!r}, other content than {source!r}"
-        )
-    for key in ("lora", "base_sha256"):
-        if state.get(key) != lineage.get(key):
-            raise ValueError(
-                f"cannot resume {ckpt_dir}: its {key} was {state.get(key)!r}, now {lineage.get(key)!r}"
-            )
-    if state["step"] > tc.max_steps:
-        raise ValueError(
-            f"cannot resume {ckpt_dir}: it is at step {state['step']}, past max_steps {tc.max_steps}"
-        )
-    if "lora" in lineage:
+    ckpt = load_checkpoint(ckpt_dir, device=next(model.parameters()).device)
+    saved = RunState.from_json(ckpt.trainer_state, where=ckpt_dir)
+    saved.check_resumable(now, where=ckpt_dir)
+    if "lora" in now.lineage:
+        adapters_path = out / ADAPTERS_FILE
         blob = adapters_path.read_bytes() if adapters_path.is_file() else b""
-        if hashlib.sha256(blob).hexdigest() != state.get("adapters_sha256"):
+        if hashlib.sha256(blob).hexdigest() != saved.adapters_sha256:
             raise ValueError(
                 f"cannot resume {ckpt_dir}: {adapters_path} is missing or is not the one its checkpoint "
                 f"recorded (a save was interrupted between the two); restart the finetune"
@@ -691,26 +743,5 @@ def _restore(
     else:
         model.load_state_dict(ckpt.model.state_dict())
     load_optimizer_state(ckpt_dir, optimizer)
-    set_rng_state(state["rng"])
-    return state
-
-
-def _diff(saved: dict[str, Any], now: dict[str, Any], section: str) -> str:
-    parts = [
-        f"{section}.{k} was {saved[k]!r}, now {now[k]!r}" for k in sorted(saved) if saved[k] != now.get(k)
-    ]
-    return "the settings differ from the checkpoint's (" + "; ".join(parts) + ")"
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the log lines up to `step`: those after it are redone by the resumed run."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line torn by a kill mid-write
-    path.write_text("".join(line + "\n" for line in kept))
+    set_rng_state(saved.rng)
+    return saved.resumed_under(now)

@@ -26,13 +26,13 @@ import math
 import os
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from safetensors import safe_open
 from torch import nn
 
 from microgpt.atomic import atomic_write_bytes
+from microgpt.stable_safetensors import safetensors_bytes
 
 DEFAULT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
 _CONFIG_META_KEY = "microgpt.lora"
@@ -74,9 +74,13 @@ class LoRALinear(nn.Module):
         for p in base.parameters():
             p.requires_grad_(False)
         self.scale = cfg.scale
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(cfg.rank, base.in_features, **factory))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, cfg.rank, **factory))  # (out, r)
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(  # (r, in)
+            torch.empty(cfg.rank, base.in_features, device=device, dtype=dtype)
+        )
+        self.lora_B = nn.Parameter(  # (out, r)
+            torch.zeros(base.out_features, cfg.rank, device=device, dtype=dtype)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
@@ -129,7 +133,7 @@ def adapters_bytes(model: nn.Module, cfg: LoRAConfig) -> bytes:
     """The adapters file's contents (see `save_adapters`)."""
     tensors = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
     meta = {"format": "pt", _CONFIG_META_KEY: json.dumps(cfg.model_dump(mode="json"))}
-    return safetensors.torch.save(tensors, metadata=meta)
+    return safetensors_bytes(tensors, meta)
 
 
 def save_adapters(path: str | os.PathLike[str], model: nn.Module, cfg: LoRAConfig) -> Path:

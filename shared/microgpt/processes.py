@@ -1,10 +1,11 @@
-"""Local servers the registry benchmark and tests start as child processes: moto's S3, and the registry.
+"""Child processes that serve HTTP on a free local port: for benchmarks and tests.
 
-Both are real processes on free ports, reached over HTTP exactly as MinIO and a
-deployed registry would be; the context managers stop them (and only them) on exit.
+Benchmarks and tests start real servers (the services under uvicorn, moto's S3) and reach
+them over HTTP exactly as a deployment would; this is how they pick a port, wait for the
+server to answer, and stop it (and only it) afterwards.
 
-    with moto_s3_server() as endpoint:            # "http://127.0.0.1:PORT"
-        store = S3Store(endpoint, "bucket", access_key="test", secret_key="test")
+    with child_server([sys.executable, "-m", "http.server", str(port)], f"http://127.0.0.1:{port}/"):
+        ...
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 
@@ -21,6 +21,7 @@ import httpx
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -59,25 +60,3 @@ def child_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@contextlib.contextmanager
-def moto_s3_server() -> Iterator[str]:
-    """moto's standalone S3 server on a free port; yields its endpoint URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with child_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], url + "/"):
-        yield url
-
-
-@contextlib.contextmanager
-def registry_server(env: Mapping[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The registry service under uvicorn on a free port, configured by `MICROGPT_*` variables in `env`."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = [
-        sys.executable, "-m", "uvicorn", "services.registry.app:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    with child_server(args, url + "/healthz", env) as process:
-        yield url, process

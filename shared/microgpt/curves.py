@@ -1,0 +1,106 @@
+"""Training curves from runs' `metrics.jsonl`: `microgpt plot RUN_DIR... --out curves.png`.
+
+Train loss (light, every step, with a moving average on top) and validation loss (markers
+at each evaluation) of several runs on one axis, one colour per run, so runs compare at a
+glance. Figures are built without pyplot (no GUI backend, no global state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from microgpt.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:  # matplotlib loads on first figure, not with the CLI
+    from matplotlib.figure import Figure
+
+METRICS_FILE = "metrics.jsonl"
+SMOOTHING = 25  # steps in the train loss's moving average
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(train, eval) as (step, loss) pairs from `run_dir/metrics.jsonl`."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no {METRICS_FILE}")
+    train, evals = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if record.get("kind") == "train" and "loss" in record:
+            train.append((int(record["step"]), float(record["loss"])))
+        elif record.get("kind") == "eval" and "val_loss" in record:
+            evals.append((int(record["step"]), float(record["val_loss"])))
+    if not train and not evals:
+        raise ValueError(f"{path} holds no train or eval losses")
+    return train, evals
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def curves_figure(run_dirs: list[str]) -> Figure:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, run in enumerate(run_dirs):
+        color = f"C{i % 10}"
+        name = Path(run).resolve().name
+        train, evals = read_metrics(run)
+        if train:
+            steps, losses = zip(*train, strict=True)
+            ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.8)
+            ax.plot(
+                steps,
+                moving_average(list(losses), SMOOTHING),
+                color=color,
+                linewidth=1.4,
+                label=f"{name} train",
+            )
+        if evals:
+            steps, losses = zip(*evals, strict=True)
+            ax.plot(steps, losses, color=color, linestyle="--", marker="o", markersize=3, label=f"{name} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def save_figure(fig: Figure, out: str | os.PathLike[str]) -> Path:
+    """Write a figure as PNG (or SVG/PDF by extension), atomically."""
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in ("png", "svg", "pdf"):
+        raise ValueError(f"--out must end in .png, .svg or .pdf, got {out}")
+    buf = BytesIO()
+    fig.savefig(buf, format=suffix, dpi=150)
+    return atomic_write_bytes(out, buf.getvalue())
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    path = save_figure(curves_figure(args.runs), args.out)
+    print(f"wrote {path}")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    plot = commands.add_parser("plot", help="training curves of one or more runs (metrics.jsonl) as a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding metrics.jsonl")
+    plot.add_argument("--out", default="curves.png", help="image to write (.png, .svg or .pdf)")
+    plot.set_defaults(run=cmd_plot)
