@@ -1,10 +1,13 @@
 """Every error a service returns is JSON `{"error": "<code>", "detail": <message>}`.
 
-`ApiError` is the one exception routes raise for expected failures; the handlers
-installed by `install_error_handlers` map it, FastAPI's HTTPException and request
+The library and the repositories raise domain errors (`microgpt.errors`: NotFound,
+Conflict, Invalid, Unavailable), mapped to HTTP here once (`DOMAIN_STATUS`); `ApiError` is
+what code that speaks HTTP raises (auth, body limits, headers). The handlers installed by
+`install_error_handlers` map both, FastAPI's HTTPException and request
 validation errors (422) to that shape, and turn anything unexpected into a 500 whose
 body says nothing about the code (the traceback goes to the log, never to the client).
-`iter_limited_body` streams a request body while enforcing a size limit (413).
+`iter_limited_body` streams a request body while enforcing a size limit (413). A 405 lists
+in `Allow` every method of the path, not only those of the first route that matched it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,22 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+
+from microgpt.errors import Conflict, DomainError, Invalid, InvalidFields, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
+
+# Most specific first: the first class an error is an instance of gives its status.
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    InvalidFields: 422,
+    Invalid: 400,
+    Unavailable: 503,
+}
 
 
 class ApiError(Exception):
@@ -34,6 +50,12 @@ class ApiError(Exception):
         self.error = error
         self.detail = detail
         self.headers = headers
+
+
+def as_api_error(e: DomainError) -> ApiError:
+    """The HTTP status, code and detail of a domain error (for handlers and WebSocket frames)."""
+    status = next((s for kind, s in DOMAIN_STATUS.items() if isinstance(e, kind)), 500)
+    return ApiError(status, e.code, e.detail)
 
 
 def error_code(status: int) -> str:
@@ -56,9 +78,30 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.error, exc.detail, exc.headers)
 
 
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return await _api_error(request, as_api_error(exc))
+
+
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, error_code(exc.status_code), exc.detail, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(exc.status_code, error_code(exc.status_code), exc.detail, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at this request's path.
+
+    Starlette's own 405 names only the methods of the first route whose path matched, but
+    one path is often several routes (GET, PATCH and DELETE of `/models/{name}`).
+    """
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(request.scope["path"]):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -78,6 +121,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error response of `app` the JSON shape above."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

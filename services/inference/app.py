@@ -9,8 +9,10 @@ except that under `/v1` the `error` member is OpenAI's object
 there), because OpenAI clients read `error.message`. Auth (a bearer key, when
 `MICROGPT_API_KEY` is set) guards `/v1`, `/generate`, `/tokenize`, `/detokenize`, `/admin`
 and `/ws/chat` (which checks it itself, see `ws_chat`); `/healthz`, `/readyz` and `/metrics`
-stay public. Models in `MICROGPT_INFERENCE_MODELS` load in the background after start-up:
-`/healthz` answers at once, `/readyz` once a model is loaded.
+stay public. Models in `MICROGPT_INFERENCE_MODELS` load in the background after start-up,
+after the native decode kernel is built (once per install, announced on stderr; see
+`microgpt.cpp`): `/healthz` answers at once, `/readyz` once the kernel is built and a model
+is loaded. Each load is logged at INFO (ref, version, precision, seconds).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import prometheus_client
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -30,15 +35,20 @@ from microgpt.settings import Settings, get_settings
 from services.common.auth import require_api_key
 from services.common.errors import error_response, install_error_handlers, too_large
 from services.common.http_metrics import instrument
-from services.inference import native_api, openai_api, ws_chat
+from services.common.openapi import create_api, document_errors
+from services.inference import interpret_api, native_api, openai_api, ws_chat
 from services.inference.deps import PoolDep
 from services.inference.metrics import InferenceMetrics
 from services.inference.model_pool import ModelPool
-from services.inference.schemas import Health, Readiness
+from services.inference.schemas import Health, OpenAIErrorResponse, Readiness
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
+                404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error",
+                413: "invalid_request_error", 422: "invalid_request_error",
                 429: "rate_limit_error"}  # fmt: skip
+NATIVE_V1_PATHS = frozenset({"/v1/interpret"})
+ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503]
+log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(HTTPException):
@@ -75,15 +85,16 @@ class BodyLimit:
 
 
 def _openai_shaped(
-    handler: Callable[[Request, Exception], Awaitable[Response]],
+    handler: Callable[[Request, Any], Response | Awaitable[Response]],
 ) -> Callable[..., Awaitable[Response]]:
     """Wrap an error handler so that under /v1 the body carries OpenAI's error object."""
 
     async def wrapped(request: Request, exc: Exception) -> Response:
-        response = await handler(request, exc)
-        if not request.url.path.startswith("/v1/") or not isinstance(response, JSONResponse):
+        answer = handler(request, exc)  # Starlette allows plain functions as handlers too
+        response = await answer if inspect.isawaitable(answer) else answer
+        if not openai_path(request.url.path) or not isinstance(response, JSONResponse):
             return response
-        body = json.loads(response.body)
+        body = json.loads(bytes(response.body))
         code, detail = body.get("error"), body.get("detail")
         if isinstance(detail, list):  # validation errors: "body.temperature: Input should be ..."
             message = "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in detail)
@@ -104,6 +115,15 @@ def _openai_shaped(
     return wrapped
 
 
+def openai_path(path: str) -> bool:
+    """OpenAI's routes live under /v1; microgpt's own there (/v1/interpret) keep ErrorResponse."""
+    return path.startswith("/v1/") and path not in NATIVE_V1_PATHS
+
+
+def openai_errors_under_v1(path: str) -> type[OpenAIErrorResponse] | None:
+    return OpenAIErrorResponse if openai_path(path) else None
+
+
 def freeze_heap() -> None:
     """Exempt every object alive now from the cyclic garbage collector's scans.
 
@@ -117,11 +137,26 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def build_kernels(backend: str) -> None:
+    """Build the native decode step's kernel if this backend may use it, so that neither `/readyz`
+    nor a first request waits on a compiler unannounced (`microgpt.cpp` says what it builds)."""
+    if backend not in ("auto", "native"):
+        return
+    from microgpt.cpp import build_all
+
+    try:
+        build_all(["microgpt_native_decode"])
+    except Exception as e:  # no compiler or ninja: `auto` decodes with eager PyTorch, `native` says why
+        log.warning("the native decode kernel could not be built: %s", e)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     async def preload() -> None:
         freeze_heap()  # the imported libraries and the app
+        await asyncio.to_thread(build_kernels, settings.inference_backend)
+        app.state.kernels_ready = True
         await pool.preload(settings.inference_models)
         freeze_heap()  # and the models loaded at start-up
 
@@ -138,11 +173,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await pool.close()
 
-    app = FastAPI(title="microgpt inference", version="1", lifespan=lifespan)
+    app = create_api(title="microgpt inference", lifespan=lifespan)
     registry = prometheus_client.CollectorRegistry()
     metrics = InferenceMetrics(registry, lambda: pool.engine_stats())
     pool = ModelPool(settings, metrics)
     app.state.settings, app.state.pool, app.state.metrics = settings, pool, metrics
+    app.state.kernels_ready = False
 
     install_error_handlers(app)
 
@@ -160,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_api.router, dependencies=auth)
     app.include_router(native_api.router, dependencies=auth)
     app.include_router(native_api.admin, dependencies=auth)
+    app.include_router(interpret_api.router, dependencies=auth)
     app.include_router(ws_chat.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -169,10 +206,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=Readiness, tags=["health"])
     async def readyz(pool: PoolDep) -> Readiness | JSONResponse:
-        """At least one model is loaded and serving; 503 until then."""
+        """The native kernel is built and at least one model is loaded and serving; 503 until then."""
+        if not app.state.kernels_ready:
+            return error_response(503, "not_ready", "building the native decode kernel (once per install)")
         loaded = [m.id for m in pool.loaded()]
         if not loaded:
             return error_response(503, "not_ready", "no model is loaded yet")
+        failed = pool.failed_engines()
+        if failed:  # restarted by the next request for them
+            return error_response(503, "not_ready", f"the engine stopped for {', '.join(failed)}")
         return Readiness(models=loaded)
 
+    document_errors(app, ERROR_STATUSES, openai_errors_under_v1)
     return app

@@ -8,20 +8,22 @@ The template has two roles, one line per message, so this is how OpenAI's roles 
     User: <the last user message>
     Assistant:
 
-System and developer messages have no line of their own (the small chat presets never saw
-one); their text is put in front of the next user message. Consecutive user messages are
-joined into one line. The conversation must end with a user message. The reply stops at
-EOS or the stop string `microgpt.chat.STOP` ("\\nUser:"), and loses the one space after
-"Assistant:", exactly as `microgpt chat` does. Unlike `microgpt chat`, nothing is trimmed:
-a conversation longer than the context is a 400, as OpenAI answers.
+System and developer messages have no line of their own; their text is put in front of the
+next user message, and consecutive user messages are joined into one line. The mapping is
+`microgpt.chat.to_turns`, the one the chat presets' training data is rendered with
+(`microgpt.chat.render_segments`), so a model is prompted as it was trained. The
+conversation must end with a user message. The reply stops at EOS or the stop string
+`microgpt.chat.STOP` ("\\nUser:"), and loses the one space after "Assistant:", exactly as
+`microgpt chat` does. Unlike `microgpt chat`, nothing is trimmed: a conversation longer than
+the context is a 400, as OpenAI answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from microgpt.chat import STOP, Turn, render
-from services.common.errors import ApiError
+from microgpt.chat import STOP, render, to_turns
+from microgpt.errors import Invalid
 from services.inference.schemas import ChatMessage
 
 __all__ = ["STOP", "render_messages"]
@@ -29,19 +31,10 @@ __all__ = ["STOP", "render_messages"]
 
 def render_messages(messages: Sequence[ChatMessage]) -> str:
     """The prompt text (without BOS) of an OpenAI conversation; 400 if it does not end with the user."""
-    turns: list[Turn] = []
-    pending: list[str] = []  # system and user text waiting for the next assistant line
-    for message in messages:
-        text = message.text()
-        if message.role == "assistant":
-            turns.append(Turn(" ".join(pending), text))
-            pending = []
-        elif text:
-            pending.append(text)
     if messages[-1].role != "user":
-        raise ApiError(
-            400,
+        raise Invalid(
             "invalid_request",
             f"the last message must have the role 'user', not {messages[-1].role!r}",
         )
-    return render(turns, " ".join(pending))
+    turns, user = to_turns((m.role, m.text()) for m in messages)
+    return render(turns, user)

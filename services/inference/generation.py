@@ -7,6 +7,8 @@ engine's handle is cancelled, which frees the slot at the next decode step. Leav
 iteration early for any reason (the client went away, the task was cancelled) cancels
 the handle too. Tokens that queued up while the reader was busy (writing the previous
 chunk) come out as one delta, so a slow reader catches up instead of falling further behind.
+If the engine fails this sequence (or stops), the deltas raise an `ApiError` 500
+`generation_failed` naming the cause: a JSON error for this request, in-band for a stream.
 Time to first token and inter-token latency are measured here, where the service hands
 tokens on, and fed to the model's histograms (tokens handed on together split the interval).
 """
@@ -17,14 +19,16 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
+from microgpt.serving.engine import EngineError
 from microgpt.textgen import TextStream
 from microgpt.tokenizers import Tokenizer
+from services.common.errors import ApiError
 from services.inference.metrics import InferenceMetrics
 
 if TYPE_CHECKING:
-    from microgpt.serving.engine import RequestHandle, TokenEvent
+    from microgpt.serving.engine import RequestHandle
 
 
 # A stream's deltas come at most every 10 ms (the first at once): tokens that arrive in between
@@ -124,7 +128,7 @@ class Generation:
                     tokens: list[TokenInfo] = []
                     reason: str | None = None
                     for event in batch:
-                        if self._is_output(event):
+                        if self._is_output(event.token_id):
                             tokens.append(TokenInfo(event.token_id, event.logprob, event.top_logprobs))
                             parts.append(stream.push(event.token_id))
                             if stream.stopped:  # later tokens of the batch are past the stop string
@@ -160,6 +164,8 @@ class Generation:
             reason = "cancelled" if self.cancel_requested else "length"  # ended without saying why
             self._finish(reason)
             yield Delta(shown(stream.flush()), [], reason)
+        except EngineError as e:
+            raise ApiError(500, "generation_failed", f"generating for {self.model_id} failed: {e}") from e
         finally:
             if self.finish_reason is None:  # left early: free the slot
                 self.handle.cancel()
@@ -173,11 +179,9 @@ class Generation:
             tokens.extend(delta.tokens)
         return Outcome("".join(parts), tokens, self.finish_reason or "length")
 
-    def _is_output(self, event: TokenEvent) -> bool:
+    def _is_output(self, token_id: int | None) -> TypeGuard[int]:
         """A token that belongs to the output (not EOS or a stop token, not a bare end-of-sequence event)."""
-        return (
-            event.token_id is not None and event.token_id >= 0 and event.token_id not in self.stop_token_ids
-        )
+        return token_id is not None and token_id >= 0 and token_id not in self.stop_token_ids
 
     def _finish(self, reason: str) -> None:
         self.finish_reason = reason

@@ -4,6 +4,7 @@ Latencies are histograms in seconds: request duration (until the last token), ti
 and inter-token latency (as the service hands tokens to the client). Running and queued requests
 and the last decode step's batch size are read from each engine's stats when Prometheus scrapes,
 so they are never stale. They live in the app's own registry beside `services.common.http_metrics`.
+Readiness (`microgpt_ready`, as `/readyz`) is whether any model is loaded and serving.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from services.common.readiness import ReadinessCollector
 
 if TYPE_CHECKING:
     from microgpt.serving.engine import EngineStats
@@ -77,3 +80,4 @@ class InferenceMetrics:
             "model_load_seconds", "pull, load, quantize and warm up one model", LOAD_BUCKETS
         )
         registry.register(_EngineCollector(engines))
+        registry.register(ReadinessCollector("inference", {"models": lambda: any(True for _ in engines())}))

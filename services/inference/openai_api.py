@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from fastapi import APIRouter, Request
 
@@ -49,10 +49,31 @@ from services.inference.submission import collect_all, encode_prompt, merge, sub
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
 
+OpenAIFinish = Literal["stop", "length"]  # the schemas' finish_reason values
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or with `stream: true` Server-Sent Events ending `data: [DONE]`",
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE]"}},
+                    "required": ["data"],
+                }
+            }
+        },
+    }
+}
 
 
-def finish(reason: str | None) -> str | None:
+@overload
+def finish(reason: str) -> OpenAIFinish: ...
+@overload
+def finish(reason: None) -> None: ...
+@overload
+def finish(reason: str | None) -> OpenAIFinish | None: ...
+def finish(reason: str | None) -> OpenAIFinish | None:
     """OpenAI's finish reasons: a cancelled sequence (a vanished client) reads as stopped."""
     return None if reason is None else "length" if reason == "length" else "stop"
 
@@ -138,11 +159,11 @@ def _prompts(body: CompletionRequest) -> list[str | list[int]]:
     if not p:
         raise ApiError(400, "invalid_prompt", "the prompt list is empty")
     if isinstance(p[0], int):
-        return [list(p)]  # type: ignore[arg-type]
-    return list(p)  # type: ignore[arg-type]
+        return [list(p)]
+    return list(p)
 
 
-@router.post("/completions", response_model=Completion)
+@router.post("/completions", response_model=Completion, responses=STREAMED)
 async def completions(
     body: CompletionRequest, request: Request, pool: PoolDep, settings: SettingsDep, metrics: MetricsDep
 ) -> Completion | EventStream:
@@ -233,7 +254,7 @@ async def _completion_chunks(
 # --- /v1/chat/completions -----------------------------------------------------------------------
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post("/chat/completions", response_model=ChatCompletion, responses=STREAMED)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, pool: PoolDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ChatCompletion | EventStream:

@@ -5,15 +5,19 @@ official client parses them unchanged. Fields OpenAI has and microgpt does not u
 best_of, ...) are accepted and ignored, as vLLM does; sampling fields OpenAI lacks (top_k, min_p,
 repetition_penalty) are accepted as vLLM's extras. `Sampling.to_params` is the one place a request
 becomes `microgpt.sampling.SamplingParams`, so every route validates sampling the same way.
+Request bodies are strict, as JSON Schema reads them: `false` is not a token id nor a seed, `0`
+is not a boolean (`services.common.schemas`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from microgpt.interpret.schemas import InterpretResult
 from microgpt.sampling import SamplingParams
+from services.common.schemas import FieldError, JsonInt, RequestModel
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_N = 16  # choices per request
@@ -23,19 +27,19 @@ MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's limit)
 class Sampling(BaseModel):
     """The sampling fields every generation request shares."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore")
 
-    max_tokens: int | None = Field(None, ge=1, description="generated tokens; capped by the server")
+    max_tokens: JsonInt | None = Field(None, ge=1, description="generated tokens; capped by the server")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 means greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1, description="vLLM extra; -1 or null disables")
+    top_k: JsonInt | None = Field(None, ge=-1, description="vLLM extra; -1 or null disables")
     min_p: float = Field(0.0, ge=0.0, lt=1.0, description="vLLM extra")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM extra; >1 discourages repeats")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP} stop strings, never returned")
-    seed: int | None = Field(None, description="choice i of n samples with seed + i")
-    n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
+    seed: JsonInt | None = Field(None, description="choice i of n samples with seed + i")
+    n: JsonInt = Field(1, ge=1, le=MAX_N, description="choices per prompt")
 
     @field_validator("stop")
     @classmethod
@@ -63,6 +67,8 @@ class Sampling(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
@@ -71,12 +77,12 @@ class StreamOptions(BaseModel):
 
 class CompletionRequest(Sampling):
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[str] | list[JsonInt] | list[list[JsonInt]] = Field(
         description="text, texts, token ids, or lists of token ids"
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="top alternatives per token")
+    logprobs: JsonInt | None = Field(None, ge=0, le=MAX_LOGPROBS, description="top alternatives per token")
     echo: bool = Field(False, description="prepend the prompt text to each choice")
 
 
@@ -114,12 +120,14 @@ class Completion(BaseModel):
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
@@ -138,8 +146,10 @@ class ChatCompletionRequest(Sampling):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    top_logprobs: JsonInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_completion_tokens: JsonInt | None = Field(
+        None, ge=1, description="OpenAI's newer name for max_tokens"
+    )
 
 
 class TopLogprob(BaseModel):
@@ -244,7 +254,7 @@ class GenerateResponse(BaseModel):
     usage: Usage
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     model: str
     prompt: str
     add_special_tokens: bool = Field(True, description="start with BOS where the tokenizer has one")
@@ -256,16 +266,16 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(RequestModel):
     model: str
-    tokens: list[int]
+    tokens: list[JsonInt]
 
 
 class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-class ReloadRequest(BaseModel):
+class ReloadRequest(RequestModel):
     model: str | None = Field(None, description="one loaded model id; default: every loaded model")
 
 
@@ -278,6 +288,20 @@ class ReloadResult(BaseModel):
 
 class ReloadResponse(BaseModel):
     results: list[ReloadResult]
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str = Field(description="OpenAI's error type: invalid_request_error, not_found_error, ...")
+    param: str | None
+    code: str | None = Field(description="the project's error code")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """An error under /v1: OpenAI's error object (its clients read `error.message`), and `detail`."""
+
+    error: OpenAIError
+    detail: str | list[FieldError] | dict[str, Any] | None
 
 
 class Health(BaseModel):
@@ -299,7 +323,7 @@ class WsParams(Sampling):
 class WsGenerate(BaseModel):
     """One turn: a chat (messages) or a plain completion (prompt)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     type: Literal["generate"] = "generate"
     id: str | None = Field(None, max_length=128, description="echoed in every event of this turn")
@@ -310,16 +334,53 @@ class WsGenerate(BaseModel):
 
 
 class WsCancel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     type: Literal["cancel"]
 
 
 class WsAuth(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     type: Literal["auth"]
     api_key: str
 
 
 WsFrame = Annotated[WsGenerate | WsCancel | WsAuth, Field(discriminator="type")]
+
+
+# --- POST /v1/interpret ------------------------------------------------------------------------
+
+Analysis = Literal["tokens", "attention", "lens", "attribution", "patch", "heads", "embeddings"]
+MAX_INTERPRET_CHARS = 2048  # text length before tokenizing; tokens are bounded again by the route
+
+
+class InterpretRequest(RequestModel):
+    """What to look at: a model, a text and the analyses to run on it (`microgpt.interpret`)."""
+
+    model: str = Field(description="REF[:PRECISION], as for generation")
+    text: str = Field(min_length=1, max_length=MAX_INTERPRET_CHARS, description="the text (patch: the clean)")
+    analyses: list[Analysis] = Field(min_length=1, max_length=7, description="which analyses to run")
+    top_k: JsonInt = Field(5, ge=1, le=MAX_LOGPROBS, description="tokens: next-token guesses per position")
+    target: str | None = Field(None, description="attribution: one token (default: the model's top guess)")
+    position: JsonInt = Field(-1, description="attribution: the position whose logit is attributed")
+    corrupted: str | None = Field(
+        None, max_length=MAX_INTERPRET_CHARS, description="patch: the corrupted text, as long as `text`"
+    )
+    answer: str | None = Field(None, description="patch: the token to recover (default: clean top guess)")
+    foil: str | None = Field(None, description="patch: the rival token (default: corrupted top guess)")
+    seq_len: JsonInt = Field(16, ge=2, le=64, description="heads: random tokens before the repeat")
+    batch: JsonInt = Field(8, ge=1, le=16, description="heads: random sequences")
+    seed: JsonInt = Field(0, ge=0, description="heads: the random tokens' seed")
+    embeddings_limit: JsonInt = Field(500, ge=3, le=2000, description="embeddings: the first N tokens")
+
+    @field_validator("analyses")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each analysis at most once")
+        return value
+
+
+class InterpretResponse(InterpretResult):
+    """One report per analysis asked for; the others are null (left out of the JSON)."""

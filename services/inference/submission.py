@@ -1,7 +1,8 @@
 """From a validated request to running generations: encode, check the context, submit, and wait or merge.
 
 Every route (OpenAI, native, WebSocket) goes through `submit_choices`, so limits answer the
-same everywhere: a prompt longer than the context is a 400 worded like OpenAI's, a full
+same everywhere: a prompt longer than the context is a 400 worded like OpenAI's (one far
+longer is refused from its beginning, without tokenizing the rest), a full
 engine queue is a 429 with `Retry-After` (never a wait), and max_tokens is capped by the
 server setting and then by the context left (the engine's cap). Choices of one request are
 all submitted before any is awaited, so the engine batches them.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from microgpt.sampling import SamplingParams
 from services.common.errors import ApiError
@@ -23,6 +24,10 @@ from services.inference.schemas import Sampling, Usage
 
 if TYPE_CHECKING:
     from starlette.requests import Request
+
+# Characters probed per context token before a long prompt is tokenized whole: more than a
+# token stands for on average in any of these tokenizers, so the probe finds a prompt too long.
+PROBE_CHARS_PER_TOKEN = 16
 
 
 def encode_text(model: LoadedModel, text: str, *, add_bos: bool = True) -> list[int]:
@@ -41,20 +46,47 @@ def check_ids(model: LoadedModel, ids: Sequence[int]) -> list[int]:
     return list(ids)
 
 
+def context_exceeded(model: LoadedModel, tokens: str) -> ApiError:
+    return ApiError(
+        400,
+        "context_length_exceeded",
+        f"This model's maximum context length is {model.max_model_len} tokens. However, your prompt "
+        f"has {tokens} tokens. Please reduce the length of the prompt.",
+    )
+
+
+def refuse_surely_too_long(model: LoadedModel, text: str) -> None:
+    """Refuse a text far over the context after tokenizing only its beginning.
+
+    A prompt may be a megabyte (the body and frame limit) where the context is a few hundred
+    tokens; tokenizing all of it to count would cost CPU the request cannot use. So a text
+    longer than PROBE_CHARS_PER_TOKEN characters per context token is probed: its beginning up
+    to a space. Every tokenizer here works per character or byte, or splits words at spaces
+    before merging within them, so that beginning has no more tokens than the whole text;
+    if it already has more than the context, so has the whole.
+    """
+    probe = model.max_model_len * PROBE_CHARS_PER_TOKEN
+    if len(text) <= probe:
+        return
+    cut = text.rfind(" ", 0, probe)
+    if cut <= 0:
+        return  # one long word: only the whole text's count can tell
+    found = len(encode_text(model, text[:cut]))
+    if found > model.max_model_len:
+        raise context_exceeded(model, f"at least {found}")
+
+
 def encode_prompt(model: LoadedModel, prompt: str | Sequence[int]) -> list[int]:
     """Token ids of a text prompt (BOS first where the tokenizer has one), or the given ids, checked."""
+    if isinstance(prompt, str):
+        refuse_surely_too_long(model, prompt)
     ids = encode_text(model, prompt) if isinstance(prompt, str) else check_ids(model, prompt)
     if not ids:
         raise ApiError(
             400, "invalid_prompt", "the prompt is empty and this tokenizer has no BOS to start from"
         )
     if len(ids) > model.max_model_len:
-        raise ApiError(
-            400,
-            "context_length_exceeded",
-            f"This model's maximum context length is {model.max_model_len} tokens. However, your prompt "
-            f"has {len(ids)} tokens. Please reduce the length of the prompt.",
-        )
+        raise context_exceeded(model, str(len(ids)))
     return ids
 
 
@@ -76,7 +108,7 @@ def submit_choices(
     strip_leading_space: bool = False,
 ) -> list[Generation]:
     """`sampling.n` generations per prompt (prompt-major, choice i seeded seed + i), all submitted now."""
-    from microgpt.serving.engine import QueueFullError
+    from microgpt.serving.engine import EngineError, QueueFullError
 
     base = sampling.to_params(
         default_max_tokens=default_max_tokens, cap=max_tokens_cap, stop_token_ids=stop_token_ids(model)
@@ -87,7 +119,7 @@ def submit_choices(
         for ids in prompts:
             for i in range(sampling.n):
                 params = base if base.seed is None else base.model_copy(update={"seed": base.seed + i})
-                handle = _submit(model, ids, params, logprobs, QueueFullError)
+                handle = _submit(model, ids, params, logprobs, QueueFullError, EngineError)
                 generations.append(
                     Generation(
                         handle,
@@ -114,9 +146,12 @@ def _submit(
     params: SamplingParams,
     logprobs: int | None,
     queue_full: type[Exception],
+    stopped: type[Exception],
 ):  # noqa: ANN202 - RequestHandle is imported lazily
     try:
         return model.engine.submit(ids, params, logprobs=logprobs)
+    except stopped as e:  # the engine died between the lookup and now; the next request restarts it
+        raise ApiError(503, "engine_stopped", f"model {model.id} is restarting; retry: {e}") from e
     except queue_full as e:
         retry = max(1, math.ceil(getattr(e, "retry_after", 1.0)))
         raise ApiError(
@@ -141,7 +176,8 @@ async def collect_all(request: Request, generations: Sequence[Generation]) -> li
     gathered = asyncio.gather(*(g.collect() for g in generations))
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        racing: set[asyncio.Future[Any]] = {gathered, watcher}
+        done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         if gathered in done:
             return gathered.result()
         raise ApiError(499, "client_disconnected", "the client closed the connection")

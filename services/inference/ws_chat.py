@@ -1,6 +1,7 @@
 """WebSocket chat at `/ws/chat`: many turns over one socket, streamed token events, cancel mid-answer.
 
-Protocol (JSON text frames; `id` is the client's turn id, echoed in every event of that turn):
+Protocol (JSON text frames; `id` is the client's turn id, echoed in every event of that turn,
+an `invalid_frame` error included when the frame's JSON has a readable `id`):
 
     client: {"model": "chat@prod", "messages": [{"role": "user", "content": "hi"}], "params": {}, "id": "t1"}
             {"model": ..., "prompt": "plain text to continue", "params": {"max_tokens": 20, "temperature": 0}}
@@ -18,6 +19,11 @@ a turn sent while one runs is an error event. `messages` use the chat template o
 the client sends the whole conversation, as with the REST API. Auth, when keys are configured:
 an `Authorization: Bearer` header, `?api_key=` in the URL (browsers cannot set headers on a
 WebSocket), or an auth frame first; a missing or wrong key is an error event, then close code 1008.
+
+Limits are the REST API's: a frame over `inference_max_body_bytes` (1 MiB) is a `too_large`
+error event, then close code 1009 (`microgpt serve` also sets uvicorn's `ws_max_size`, which
+closes with 1009 before the frame is read); a binary frame is an `invalid_frame` error; a
+prompt far over the model's context is refused from its beginning (`encode_prompt`).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from fastapi import APIRouter, WebSocket
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from microgpt.errors import DomainError
 from services.common.auth import check_bearer
-from services.common.errors import ApiError
+from services.common.errors import ApiError, as_api_error
 from services.inference.chat_prompt import STOP, render_messages
 from services.inference.deps import MetricsDep, PoolDep, SettingsDep
 from services.inference.generation import Generation
@@ -46,29 +53,56 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["websocket"])
 frames: TypeAdapter[WsGenerate | WsCancel | WsAuth] = TypeAdapter(WsFrame)
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+
+
+class InvalidFrame(ApiError):
+    """A frame that is not a turn, a cancel or an auth; `turn_id` is its `id` when that is readable."""
+
+    def __init__(self, detail: str, turn_id: str | None = None) -> None:
+        super().__init__(400, "invalid_frame", detail)
+        self.turn_id = turn_id
+
+
+def frame_too_large(raw: str | bytes, limit: int) -> bool:
+    """Whether a frame is over `limit` bytes (a text frame counts its UTF-8 bytes, as on the wire)."""
+    return len(raw) > limit or (isinstance(raw, str) and len(raw.encode("utf-8", "surrogatepass")) > limit)
+
+
+def turn_id(value: object) -> str | None:
+    """`value` if it is a turn id the schema admits (so that an error may echo it), else None."""
+    try:
+        return WsGenerate.model_validate({"model": "", "id": value}).id
+    except ValidationError:
+        return None
 
 
 def parse_frame(raw: str | bytes | None) -> WsGenerate | WsCancel | WsAuth:
-    """A client frame; a frame without `type` is a turn. Raises ApiError 400 naming what is wrong."""
+    """A client text frame; a frame without `type` is a turn. Raises InvalidFrame naming what is wrong."""
+    if not isinstance(raw, str):
+        raise InvalidFrame("frames are JSON text; a binary frame is refused")
     try:
-        data = json.loads(raw) if raw is not None else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "invalid_frame", f"a frame must be a JSON object: {e}") from e
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InvalidFrame(f"a frame must be a JSON object: {e}") from e
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_frame", "a frame must be a JSON object")
+        raise InvalidFrame("a frame must be a JSON object")
     data.setdefault("type", "generate")
     try:
         return frames.validate_python(data)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, x['loc'][1:])) or 'frame'}: {x['msg']}" for x in e.errors())
-        raise ApiError(400, "invalid_frame", problems) from e
+        raise InvalidFrame(problems, turn_id(data.get("id"))) from e
 
 
 class ChatSocket:
     """One connection: reads frames, runs at most one turn at a time as a task."""
 
-    def __init__(self, ws: WebSocket, pool: ModelPool, max_tokens: int, metrics: InferenceMetrics) -> None:
+    def __init__(
+        self, ws: WebSocket, pool: ModelPool, max_tokens: int, max_frame_bytes: int, metrics: InferenceMetrics
+    ) -> None:
         self.ws, self.pool, self.max_tokens, self.metrics = ws, pool, max_tokens, metrics
+        self.max_frame_bytes = max_frame_bytes
         self.turn: asyncio.Task[None] | None = None
         self.generation: Generation | None = None
 
@@ -87,10 +121,20 @@ class ChatSocket:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
+                raw = message.get("text")
+                if raw is None:
+                    raw = message.get("bytes")
+                if raw is not None and frame_too_large(raw, self.max_frame_bytes):
+                    limit = self.max_frame_bytes
+                    too_large = ApiError(
+                        413, "too_large", f"a frame is larger than the limit of {limit} bytes"
+                    )
+                    await self._refuse(too_large, MESSAGE_TOO_BIG)
+                    return
                 try:
-                    frame = parse_frame(message.get("text") or message.get("bytes"))
-                except ApiError as e:
-                    await self.send_error(e)
+                    frame = parse_frame(raw)
+                except InvalidFrame as e:
+                    await self.send_error(e, e.turn_id)
                     continue
                 if isinstance(frame, WsAuth):
                     try:
@@ -139,15 +183,17 @@ class ChatSocket:
             return None
         return True
 
-    async def _refuse(self, e: ApiError) -> None:
+    async def _refuse(self, e: ApiError, code: int = POLICY_VIOLATION) -> None:
         await self.send_error(e)
-        await self.ws.close(POLICY_VIOLATION)
+        await self.ws.close(code)
 
     async def _run_turn(self, frame: WsGenerate) -> None:
         try:
             await self._answer(frame)
         except ApiError as e:
             await self.send_error(e, frame.id)
+        except DomainError as e:  # a bad conversation, a model that is not loaded: as over HTTP
+            await self.send_error(as_api_error(e), frame.id)
         except (WebSocketDisconnect, asyncio.CancelledError):
             raise
         except Exception:
@@ -210,4 +256,5 @@ class ChatSocket:
 @router.websocket("/ws/chat")
 async def ws_chat(ws: WebSocket, pool: PoolDep, settings: SettingsDep, metrics: MetricsDep) -> None:
     await ws.accept()
-    await ChatSocket(ws, pool, settings.inference_max_tokens, metrics).serve(settings.api_keys())
+    socket = ChatSocket(ws, pool, settings.inference_max_tokens, settings.inference_max_body_bytes, metrics)
+    await socket.serve(settings.api_keys())

@@ -9,27 +9,32 @@ object store, so a registry started before its database simply waits for it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import prometheus_client
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
-from microgpt import __version__
 from microgpt.settings import Settings, get_settings
 from microgpt.storage import ObjectStore, object_store_from_settings
 from services.common.database import create_db_engine, run_migrations, wait_for_database
-from services.common.errors import install_error_handlers
+from services.common.errors import error_response, install_error_handlers
 from services.common.http_metrics import instrument
+from services.common.openapi import create_api, document_errors
 from services.registry.metrics import RegistryMetrics
 from services.registry.repository import Repository
 from services.registry.routes import aliases, artifacts, health, models, versions
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_registry"
+log = logging.getLogger(__name__)
+
+ERROR_STATUSES = [400, 401, 403, 404, 409, 410, 413, 422, 500, 503]
 
 
 def migrate(engine: Engine, *, timeout_s: float = 30) -> None:
@@ -54,9 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(
+    app = create_api(
         title="microgpt registry",
-        version=__version__,
         description="Models, versions, aliases and sha256-checked artifacts. Mutating routes need a bearer "
         "key when MICROGPT_API_KEY is set. Refs: `name`, `name/3`, `name@alias`.",
         lifespan=lifespan,
@@ -65,11 +69,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = prometheus_client.CollectorRegistry()
     app.state.settings = settings
     app.state.repo = repo
-    app.state.store = store
+    app.state.metrics = RegistryMetrics(registry, repo, store)
+    app.state.store = store = app.state.metrics.store  # the lifespan's check is counted too
     app.state.api_keys = settings.api_keys()
-    app.state.metrics = RegistryMetrics(registry, repo)
     install_error_handlers(app)
+    app.add_exception_handler(OSError, _storage_unavailable)
     instrument(app, registry, "registry")
     for module in (health, models, versions, aliases, artifacts):
         app.include_router(module.router)
+    document_errors(app, ERROR_STATUSES)
     return app
+
+
+async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The object store failed (disk, S3): the client may retry later, so 503 rather than 500.
+
+    Every store failure surfaces as an OSError (`microgpt.storage`); a missing object is
+    handled by the routes before it gets here.
+    """
+    log.error("object store error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(503, "storage_unavailable", "the artifact store failed; see the registry log")

@@ -1,7 +1,7 @@
 """FastAPI dependencies of the registry, as `Annotated` aliases: what a route needs, by name.
 
 The app factory puts the settings, repository, store and metrics on `app.state`;
-these aliases hand them to routes. `Writer` guards every mutating route with the
+these aliases hand them to routes (`services.common.deps`). `Writer` guards every mutating route with the
 bearer keys; `ActorDep` is who is acting, for the alias audit trail.
 """
 
@@ -15,24 +15,9 @@ from fastapi import Depends, Header, Request
 from microgpt.settings import Settings
 from microgpt.storage import ObjectStore
 from services.common.auth import check_bearer
+from services.common.deps import from_state
 from services.registry.metrics import RegistryMetrics
 from services.registry.repository import Repository
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def _repo(request: Request) -> Repository:
-    return request.app.state.repo
-
-
-def _store(request: Request) -> ObjectStore:
-    return request.app.state.store
-
-
-def _metrics(request: Request) -> RegistryMetrics:
-    return request.app.state.metrics
 
 
 def require_writer(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
@@ -53,9 +38,9 @@ def _actor(
     return None
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-RepoDep = Annotated[Repository, Depends(_repo)]
-StoreDep = Annotated[ObjectStore, Depends(_store)]
-MetricsDep = Annotated[RegistryMetrics, Depends(_metrics)]
+SettingsDep = Annotated[Settings, from_state("settings")]
+RepoDep = Annotated[Repository, from_state("repo")]
+StoreDep = Annotated[ObjectStore, from_state("store")]
+MetricsDep = Annotated[RegistryMetrics, from_state("metrics")]
 ActorDep = Annotated[str | None, Depends(_actor)]
 Writer = Depends(require_writer)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from services.common.errors import ApiError
+from microgpt.errors import Conflict, Invalid, NotFound
 from services.registry.models import (
     Alias,
     AliasEvent,
@@ -85,7 +85,7 @@ class Repository:
             query = query.with_for_update()
         model = s.scalars(query).one_or_none()
         if model is None:
-            raise ApiError(404, "model_not_found", f"no model named {name!r}")
+            raise NotFound("model_not_found", f"no model named {name!r}")
         return model
 
     def _resolve(self, s: Session, ref: VersionRef, *, lock: bool = False) -> ModelVersion:
@@ -97,7 +97,7 @@ class Repository:
         elif ref.alias is not None:
             alias = s.get(Alias, (model.id, ref.alias))
             if alias is None:
-                raise ApiError(404, "alias_not_found", f"{ref.name} has no alias {ref.alias!r}")
+                raise NotFound("alias_not_found", f"{ref.name} has no alias {ref.alias!r}")
             query = query.where(ModelVersion.id == alias.version_id)
             missing = f"{ref} points at a deleted version"
         else:
@@ -107,7 +107,7 @@ class Repository:
             query = query.with_for_update()
         version = s.scalars(query).one_or_none()
         if version is None:
-            raise ApiError(404, "version_not_found", missing)
+            raise NotFound("version_not_found", missing)
         return version
 
     # --- models -----------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Repository:
                 model.tags = [ModelTag(tag=t) for t in sorted(set(body.tags))]
                 s.add(model)
         except IntegrityError:
-            raise ApiError(409, "model_exists", f"a model named {body.name!r} already exists") from None
+            raise Conflict("model_exists", f"a model named {body.name!r} already exists") from None
         return self.get_model(body.name)
 
     def get_model(self, name: str) -> ModelPublic:
@@ -155,7 +155,7 @@ class Repository:
                 model.tags.append(ModelTag(tag=tag))
             elif not present:
                 if tag not in tags:
-                    raise ApiError(404, "tag_not_found", f"{name} has no tag {tag!r}")
+                    raise NotFound("tag_not_found", f"{name} has no tag {tag!r}")
                 model.tags = [t for t in model.tags if t.tag != tag]
             model.updated_at = utcnow()
         return self.get_model(name)
@@ -165,9 +165,7 @@ class Repository:
             model = self._model(s, name, lock=True)
             if model.aliases and not force:
                 names = ", ".join(sorted(a.alias for a in model.aliases))
-                raise ApiError(
-                    409, "model_aliased", f"{name} has aliases ({names}); pass force=true to delete"
-                )
+                raise Conflict("model_aliased", f"{name} has aliases ({names}); pass force=true to delete")
             s.execute(sa.delete(Alias).where(Alias.model_id == model.id))
             s.execute(sa.delete(AliasEvent).where(AliasEvent.model_id == model.id))
             s.execute(sa.delete(ModelVersion).where(ModelVersion.model_id == model.id))
@@ -310,7 +308,7 @@ class Repository:
                 version.tags.append(VersionTag(tag=tag))
             elif not present:
                 if tag not in tags:
-                    raise ApiError(404, "tag_not_found", f"{ref} has no tag {tag!r}")
+                    raise NotFound("tag_not_found", f"{ref} has no tag {tag!r}")
                 version.tags = [t for t in version.tags if t.tag != tag]
             version.updated_at = utcnow()
             s.flush()
@@ -323,8 +321,7 @@ class Repository:
             aliases = s.scalars(select(Alias).where(Alias.version_id == version.id)).all()
             if aliases and not force:
                 names = ", ".join(sorted(f"{model.name}@{a.alias}" for a in aliases))
-                raise ApiError(
-                    409,
+                raise Conflict(
                     "version_aliased",
                     f"{model.name}/{version.version} is aliased ({names}); pass force=true",
                 )
@@ -401,8 +398,7 @@ class Repository:
         """The version, which must still be pending (artifacts can only be added before finalize)."""
         version = self.get_version(ref)
         if version.status != "pending":
-            raise ApiError(
-                409,
+            raise Conflict(
                 "version_not_pending",
                 f"{version.name}/{version.version} is {version.status}; cannot upload",
             )
@@ -413,9 +409,7 @@ class Repository:
         with self._tx() as s:
             version = self._resolve(s, VersionRef(name=name, version=number), lock=True)
             if version.status != "pending":
-                raise ApiError(
-                    409, "version_not_pending", f"{name}/{number} is {version.status}; cannot upload"
-                )
+                raise Conflict("version_not_pending", f"{name}/{number} is {version.status}; cannot upload")
             existing = s.scalars(
                 select(Artifact).where(Artifact.version_id == version.id, Artifact.path == path)
             ).one_or_none()
@@ -442,13 +436,12 @@ class Repository:
             version = self._resolve(s, VersionRef(name=name, version=number), lock=True)
             label = f"{name}/{number}"
             if version.status != "pending":
-                raise ApiError(409, "version_not_pending", f"{label} is already {version.status}")
+                raise Conflict("version_not_pending", f"{label} is already {version.status}")
             uploaded = {a.path: a for a in version.artifacts}
             missing = sorted(set(expected) - set(uploaded))
             unexpected = sorted(set(uploaded) - set(expected))
             if missing or unexpected:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     "files_mismatch",
                     {
                         "missing": missing,
@@ -462,9 +455,7 @@ class Repository:
                 if a.sha256 != expected[p]
             }
             if bad:
-                raise ApiError(
-                    400, "checksum_mismatch", {"files": bad, "message": f"{label}: sha256 mismatch"}
-                )
+                raise Invalid("checksum_mismatch", {"files": bad, "message": f"{label}: sha256 mismatch"})
             for artifact in uploaded.values():
                 check_blob(artifact.sha256, artifact.size)
             for key, value in (fill or {}).items():
@@ -485,9 +476,9 @@ class Repository:
     def artifact(self, ref: VersionRef, path: str) -> tuple[VersionPublic, FileInfo]:
         version = self.get_version(ref)
         if version.status != "ready":
-            raise ApiError(409, "version_not_ready", f"{version.name}/{version.version} is {version.status}")
+            raise Conflict("version_not_ready", f"{version.name}/{version.version} is {version.status}")
         if path not in version.files:
-            raise ApiError(404, "file_not_found", f"{version.name}/{version.version} has no file {path!r}")
+            raise NotFound("file_not_found", f"{version.name}/{version.version} has no file {path!r}")
         return version, version.files[path]
 
     # --- aliases ----------------------------------------------------------------------
@@ -503,7 +494,7 @@ class Repository:
             )
             version = self._resolve(s, ref)
             if version.status != "ready":
-                raise ApiError(409, "version_not_ready", f"{name}/{version.version} is {version.status}")
+                raise Conflict("version_not_ready", f"{name}/{version.version} is {version.status}")
             current = s.get(Alias, (model.id, alias), with_for_update=True)
             before = None
             if current is None:
@@ -531,7 +522,7 @@ class Repository:
             model = self._model(s, name, lock=True)
             current = s.get(Alias, (model.id, alias), with_for_update=True)
             if current is None:
-                raise ApiError(404, "alias_not_found", f"{name} has no alias {alias!r}")
+                raise NotFound("alias_not_found", f"{name} has no alias {alias!r}")
             before = s.get(ModelVersion, current.version_id)
             s.add(
                 AliasEvent(
@@ -563,16 +554,7 @@ class Repository:
                 query = query.where(AliasEvent.alias == alias)
             count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = s.scalars(query.order_by(AliasEvent.id.desc()).limit(limit).offset(offset)).all()
-            data = [
-                AliasEventPublic(
-                    alias=e.alias,
-                    from_version=e.from_version,
-                    to_version=e.to_version,
-                    actor=e.actor,
-                    at=as_utc(e.at),
-                )
-                for e in rows
-            ]
+            data = [AliasEventPublic.model_validate(e) for e in rows]
             return AliasEventsPublic(data=data, count=count)
 
     # --- maintenance ------------------------------------------------------------------

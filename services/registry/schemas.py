@@ -1,7 +1,9 @@
 """The registry's request and response bodies, and the rules for names, tags, aliases and refs.
 
-Names, tags, aliases and artifact paths are validated here, once, at the edge; object
-keys are built from sha256 digests only, so no user string ever reaches the store.
+Names, tags, aliases and artifact paths are validated here, once, at the edge, by patterns
+that the OpenAPI document carries too; object keys are built from sha256 digests only, so no
+user string ever reaches the store. Free text that reaches SQL is `SqlText` (no NUL) and
+numbers are bounded to their columns (`services.common.schemas`).
 A *ref* names a version: `name` (latest ready), `name/3`, or `name@production`.
 """
 
@@ -11,13 +13,16 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+from microgpt.registry.names import ALIAS_RE, NAME_RE, REF_RE, VERSION_NUMBER_RE, anchored
+from services.common.schemas import AS_INT, MAX_BIGINT, MAX_INT, RequestModel, SqlText
+
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+METRIC_BOUND_RE = re.compile(rf"([A-Za-z0-9][A-Za-z0-9._:-]{{0,127}}) *(<=|>=|<|>|=) *({_NUMBER})")
 RESERVED_ALIASES = frozenset({"latest"})
 MAX_PATH_DEPTH = 4
 Status = Literal["pending", "ready", "failed"]
@@ -64,21 +69,33 @@ def check_artifact_path(path: str) -> str:
     return path
 
 
-def check_metric_names(metrics: dict[str, float] | None) -> dict[str, float] | None:
-    for key in metrics or {}:
-        check_tag(key)
-    return metrics
-
-
-Name = Annotated[str, AfterValidator(check_name)]
-Tag = Annotated[str, AfterValidator(check_tag)]
-Sha256 = Annotated[str, AfterValidator(check_sha256)]
-ArtifactPath = Annotated[str, AfterValidator(check_artifact_path)]
+_SEGMENTS = rf"{_PATH_SEGMENT.pattern}(?:/{_PATH_SEGMENT.pattern}){{0,{MAX_PATH_DEPTH - 1}}}"
+Name = Annotated[str, Field(pattern=anchored(NAME_RE), description="model name")]
+Tag = Annotated[str, Field(pattern=anchored(TAG_RE))]
+AliasName = Annotated[str, Field(pattern=anchored(ALIAS_RE))]
+Ref = Annotated[str, Field(pattern=anchored(REF_RE), description="`name`, `name/3` or `name@alias`")]
+Sha256 = Annotated[str, Field(pattern=anchored(SHA256_RE))]
+ArtifactPath = Annotated[str, Field(pattern=f"^{_SEGMENTS}$", max_length=255)]
+VersionSelector = Annotated[
+    str,
+    Field(
+        pattern=f"^(?:{VERSION_NUMBER_RE.pattern}|{ALIAS_RE.pattern})$",
+        description="a version number, an alias, or `latest` (newest ready)",
+    ),
+]
+ONLY_PATTERN_KEYS = {"additionalProperties": False}  # pydantic documents key patterns, not that they are all
+Metrics = Annotated[dict[Tag, float], Field(json_schema_extra=ONLY_PATTERN_KEYS)]
+MetricBoundText = Annotated[str, Field(pattern=anchored(METRIC_BOUND_RE))]
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_INT), AS_INT]
+Offset = Annotated[int, Field(ge=0, le=MAX_BIGINT)]
 
 
 def as_utc(value: datetime) -> datetime:
     """SQLite hands datetimes back naive; they were stored as UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]  # a row's datetime, as UTC on every database
 
 
 class VersionRef(BaseModel):
@@ -118,16 +135,14 @@ class VersionRef(BaseModel):
 # --- models ---------------------------------------------------------------------------
 
 
-class ModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ModelCreate(RequestModel):
     name: Name
-    description: str = Field(default="", max_length=4000)
+    description: SqlText = Field(default="", max_length=4000)
     tags: list[Tag] = []
 
 
-class ModelUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    description: str | None = Field(default=None, max_length=4000)
+class ModelUpdate(RequestModel):
+    description: SqlText | None = Field(default=None, max_length=4000)
     tags: list[Tag] | None = None
 
 
@@ -150,18 +165,10 @@ class ModelsPublic(BaseModel):
 # --- versions -------------------------------------------------------------------------
 
 
-class LineageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    parent: str | None = Field(default=None, description="a ref: name/3 or name@alias")
-    job_id: str | None = Field(default=None, max_length=128)
+class LineageIn(RequestModel):
+    parent: Ref | None = Field(default=None, description="a ref: name/3 or name@alias")
+    job_id: SqlText | None = Field(default=None, max_length=128)
     dataset_sha256: Sha256 | None = None
-
-    @field_validator("parent")
-    @classmethod
-    def _ref(cls, parent: str | None) -> str | None:
-        if parent is not None:
-            VersionRef.parse(parent)
-        return parent
 
 
 class Lineage(BaseModel):
@@ -170,29 +177,23 @@ class Lineage(BaseModel):
     dataset_sha256: str | None = None
 
 
-class VersionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    description: str = Field(default="", max_length=4000)
-    preset: str | None = Field(default=None, max_length=128)
+class VersionCreate(RequestModel):
+    description: SqlText = Field(default="", max_length=4000)
+    preset: SqlText | None = Field(default=None, max_length=128)
     gpt_config: dict[str, Any] | None = Field(default=None, description="the checkpoint's model config")
-    tokenizer_kind: str | None = Field(default=None, max_length=64)
-    metrics: dict[str, float] = {}
+    tokenizer_kind: SqlText | None = Field(default=None, max_length=64)
+    metrics: Metrics = {}
     lineage: LineageIn = LineageIn()
     tags: list[Tag] = []
-    created_by: str | None = Field(default=None, max_length=128)
+    created_by: SqlText | None = Field(default=None, max_length=128)
     extra: dict[str, Any] = {}
 
-    _metrics = field_validator("metrics")(lambda m: check_metric_names(m))
 
-
-class VersionUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    description: str | None = Field(default=None, max_length=4000)
-    metrics: dict[str, float] | None = Field(default=None, description="merged into the version's metrics")
+class VersionUpdate(RequestModel):
+    description: SqlText | None = Field(default=None, max_length=4000)
+    metrics: Metrics | None = Field(default=None, description="merged into the version's metrics")
     tags: list[Tag] | None = Field(default=None, description="replaces the version's tags")
     extra: dict[str, Any] | None = None
-
-    _metrics = field_validator("metrics")(lambda m: check_metric_names(m))
 
 
 class FileInfo(BaseModel):
@@ -225,9 +226,8 @@ class VersionsPublic(BaseModel):
     count: int
 
 
-class FinalizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    files: dict[ArtifactPath, Sha256] = Field(
+class FinalizeRequest(RequestModel):
+    files: Annotated[dict[ArtifactPath, Sha256], Field(json_schema_extra=ONLY_PATTERN_KEYS)] = Field(
         min_length=1, description="every file of the version and its expected sha256"
     )
 
@@ -235,9 +235,10 @@ class FinalizeRequest(BaseModel):
 # --- aliases --------------------------------------------------------------------------
 
 
-class AliasSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: int | str = Field(description="a version number, or an alias/`latest` of the same model")
+class AliasSet(RequestModel):
+    version: VersionNumber | VersionSelector = Field(
+        description="a version number, or an alias/`latest` of the same model"
+    )
 
 
 class AliasPublic(BaseModel):
@@ -248,11 +249,13 @@ class AliasPublic(BaseModel):
 
 
 class AliasEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from an AliasEvent row
+
     alias: str
     from_version: int | None
     to_version: int | None
     actor: str | None
-    at: datetime
+    at: UtcDatetime
 
 
 class AliasEventsPublic(BaseModel):
@@ -271,7 +274,7 @@ class MetricBound(BaseModel):
     @classmethod
     def parse(cls, text: str) -> MetricBound:
         """`val_loss<1.5`, `params>=1000000`."""
-        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._:-]*)\s*(<=|>=|<|>|=)\s*(\S+)", text)
+        match = METRIC_BOUND_RE.fullmatch(text)
         if not match:
             raise ValueError(f"metric filter {text!r} must look like 'val_loss<1.5' (ops: < <= > >= =)")
         key, op, value = match.groups()
@@ -282,14 +285,14 @@ class MetricBound(BaseModel):
 
 
 class VersionFilter(BaseModel):
-    name: str | None = None
-    name_prefix: str | None = None
+    name: SqlText | None = None
+    name_prefix: SqlText | None = None
     status: Status | None = None
-    tag: list[str] = []
-    alias: str | None = None
+    tag: list[SqlText] = []
+    alias: SqlText | None = None
     metrics: list[MetricBound] = []
     limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: Offset = 0
 
 
 class GcReport(BaseModel):

@@ -7,21 +7,27 @@ the body as it arrives: memory stays at a chunk or an S3 part, whatever the file
 
 A version becomes `ready` only in `finalize_version`, after every artifact's sha256
 (computed on the way in) equals what the client declared, every blob is in the store
-with its size, and a `config.json`, if present, agrees with the files it lists. A
-disconnect or crash before that leaves a `pending` version, which `gc` fails later.
+with its size, a `config.json`, if present, agrees with the files it lists, and every
+`*.safetensors` header is valid and (for a checkpoint's weights) describes exactly the model
+config.json gives, within sane sizes (`microgpt.checkpoint_check`, reading only each blob's
+first bytes): a version that could only fail, or exhaust memory, when loaded is refused with
+a 400 naming the file and field. A disconnect or crash before that leaves a `pending`
+version, which `gc` fails later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio.from_thread
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from microgpt.checkpoint_check import CheckpointError, check_checkpoint
 from microgpt.storage import ObjectNotFound, ObjectStore
 from services.common.errors import ApiError, iter_limited_body
 from services.registry.blobs import blob_key, tmp_key
@@ -30,6 +36,7 @@ from services.registry.schemas import FileInfo, VersionPublic, VersionRef, check
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 4 << 20
+HEADER_CHUNK_BYTES = 64 << 10  # a checkpoint's safetensors header is a few KB: one chunk mostly
 
 
 class BodyReader:
@@ -184,6 +191,47 @@ def read_checkpoint_config(store: ObjectStore, files: dict[str, FileInfo]) -> di
     return config if isinstance(config, dict) else None
 
 
+class _ChunkReader:
+    """`read(n)` over a blob's chunk stream, for the header checks: reads only what they ask for."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, n: int, /) -> bytes:
+        parts, have = [self._buffer], len(self._buffer)
+        while have < n and (chunk := next(self._chunks, b"")):
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        data, self._buffer = data[:n], data[n:]
+        return data
+
+
+def check_blobs_load(
+    store: ObjectStore, files: dict[str, FileInfo], config: dict[str, Any] | None, label: str
+) -> None:
+    """400 `bad_checkpoint` unless every safetensors file would load (see the module docstring)."""
+
+    @contextlib.contextmanager
+    def open_blob(path: str) -> Iterator[_ChunkReader]:
+        try:
+            chunks = store.get_stream(blob_key(files[path].sha256), chunk_size=HEADER_CHUNK_BYTES)
+        except ObjectNotFound:
+            raise ApiError(
+                400, "blob_missing", f"{path} is not in the object store; upload it again"
+            ) from None
+        try:
+            yield _ChunkReader(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()  # stop the download: the rest is not needed
+
+    try:
+        check_checkpoint(config, {path: info.size for path, info in files.items()}, open_blob, label)
+    except CheckpointError as e:
+        raise ApiError(400, "bad_checkpoint", str(e)) from None
+
+
 def finalize_version(
     store: ObjectStore, repo: Repository, version: VersionPublic, expected: dict[str, str]
 ) -> VersionPublic:
@@ -211,6 +259,7 @@ def finalize_version(
                 )
         model = config.get("model")
         fill = {"preset": config.get("preset"), "gpt_config": model if isinstance(model, dict) else None}
+    check_blobs_load(store, current.files, config, f"{version.name}/{version.version}")
 
     def check_blob(sha256: str, size: int) -> None:
         try:

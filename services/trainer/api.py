@@ -7,7 +7,7 @@
     GET  /jobs/{id}/logs          ?after=ID
     GET  /jobs/{id}/events        Server-Sent Events: `metric` per point, `job` on change, `end`
     POST /jobs/{id}/cancel        queued: cancelled now; running: stops at the next step boundary
-    POST /datasets                ?name= &format=text|jsonl, the raw file as the body (streamed)
+    POST /datasets                ?name= &format=text|jsonl|messages, the raw file as the body (streamed)
     GET  /datasets
 
 Routes that touch SQL or the registry are plain `def` (FastAPI runs them in its thread
@@ -25,13 +25,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from microgpt.registry.names import NAME_RE, anchored
 from services.common.errors import ApiError, iter_limited_body
+from services.common.openapi import raw_body
+from services.common.schemas import MAX_BIGINT, MAX_INT, SqlText
 from services.trainer.celery_app import enqueue
-from services.trainer.deps import Authorized, RepoDep, ServicesDep
+from services.trainer.deps import Authorized, CeleryDep, RegistryDep, RepoDep, SettingsDep, StoreDep
 from services.trainer.models import DATASET_SUFFIXES, TERMINAL_STATES, Dataset, Job
 from services.trainer.repository import new_id
 from services.trainer.schemas import (
@@ -40,6 +43,7 @@ from services.trainer.schemas import (
     JobPublic,
     JobSpec,
     JobsPublic,
+    Kind,
     LogLine,
     LogsPublic,
     MetricPoint,
@@ -50,8 +54,7 @@ from services.trainer.validation import validate_spec
 
 MAX_DATASET_BYTES = 1 << 30
 EVENT_POLL_S = 0.5
-DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-Kind = Literal["train", "finetune", "evaluate", "quantize", "export"]
+JobId = Annotated[SqlText, Path(max_length=32)]
 
 router = APIRouter()
 
@@ -65,36 +68,7 @@ def to_public(job: Job) -> JobPublic:
             elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
             if done_here > 0:
                 eta = max(0.0, (job.total_steps - job.step) * elapsed / max(done_here, job.step))
-    return JobPublic(
-        id=job.id,
-        kind=job.kind,
-        state=job.state,  # type: ignore[arg-type]
-        spec=job.spec,
-        preset=job.preset,
-        output_model=job.output_model,
-        base_model=job.base_model,
-        dataset=job.dataset,
-        dataset_sha256=job.dataset_sha256,
-        step=job.step,
-        total_steps=job.total_steps,
-        progress=progress,
-        eta_seconds=eta,
-        loss=job.loss,
-        val_loss=job.val_loss,
-        tokens_per_s=job.tokens_per_s,
-        checkpoint_step=job.checkpoint_step,
-        resumed_from_step=job.resumed_from_step,
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        worker=job.worker,
-        registry_version=job.registry_version,
-        best_version=job.best_version,
-        result=job.result,
-        error=job.error,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    return JobPublic.model_validate(job).model_copy(update={"progress": progress, "eta_seconds": eta})
 
 
 def _job_or_404(repo: Any, job_id: str) -> Job:
@@ -105,9 +79,9 @@ def _job_or_404(repo: Any, job_id: str) -> Job:
 
 
 @router.post("/jobs", status_code=201, dependencies=[Authorized])
-def submit_job(spec: JobSpec, services: ServicesDep) -> JobPublic:
-    resolved = validate_spec(spec, services.repo, services.registry)
-    job = services.repo.create_job(
+def submit_job(spec: JobSpec, repo: RepoDep, registry: RegistryDep, celery: CeleryDep) -> JobPublic:
+    resolved = validate_spec(spec, repo, registry)
+    job = repo.create_job(
         kind=spec.kind,
         spec=spec.model_dump(mode="json", exclude_none=True),
         preset=resolved.preset,
@@ -118,12 +92,12 @@ def submit_job(spec: JobSpec, services: ServicesDep) -> JobPublic:
         total_steps=resolved.total_steps,
     )
     try:
-        enqueue(services.celery, job.id)
+        enqueue(celery, job.id)
     except Exception as e:  # the broker is down: the job must not sit queued forever
         message = f"the job queue is unavailable: {' '.join(str(e).split())}"
-        services.repo.finish(job.id, None, "failed", error=message)
+        repo.finish(job.id, None, "failed", error=message)
         raise ApiError(503, "queue_unavailable", message) from None
-    return to_public(_job_or_404(services.repo, job.id))
+    return to_public(_job_or_404(repo, job.id))
 
 
 @router.get("/jobs")
@@ -131,64 +105,80 @@ def list_jobs(
     repo: RepoDep,
     state: State | None = None,
     kind: Kind | None = None,
-    model: str | None = None,
+    model: Annotated[SqlText | None, Query(description="the output or base model's name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> JobsPublic:
     jobs, count = repo.list_jobs(state=state, kind=kind, model=model, limit=limit, offset=offset)
     return JobsPublic(data=[to_public(j) for j in jobs], count=count)
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, repo: RepoDep) -> JobPublic:
+def get_job(job_id: JobId, repo: RepoDep) -> JobPublic:
     return to_public(_job_or_404(repo, job_id))
 
 
 @router.get("/jobs/{job_id}/metrics")
 def get_metrics(
-    job_id: str,
+    job_id: JobId,
     repo: RepoDep,
     since: Annotated[
-        int | None, Query(ge=0, description="only points after this step (default: all)")
+        int | None, Query(ge=0, le=MAX_INT, description="only points after this step (default: all)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricsPublic:
     _job_or_404(repo, job_id)
     after = -1 if since is None else since  # an evaluate job's result is a point at step 0
     points = repo.metrics(job_id, since=after, limit=limit)
-    data = [MetricPoint(step=p.step, kind=p.kind, values=p.values) for p in points]
+    data = [MetricPoint.model_validate(p) for p in points]
     return MetricsPublic(data=data, last_step=data[-1].step if data else max(after, 0))
 
 
 @router.get("/jobs/{job_id}/logs")
 def get_logs(
-    job_id: str,
+    job_id: JobId,
     repo: RepoDep,
-    after: Annotated[int, Query(ge=0, description="only lines after this id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_BIGINT, description="only lines after this id")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> LogsPublic:
     _job_or_404(repo, job_id)
     lines = repo.logs(job_id, after_id=after, limit=limit)
-    return LogsPublic(data=[LogLine(id=x.id, at=x.at, level=x.level, message=x.message) for x in lines])
+    return LogsPublic(data=[LogLine.model_validate(x) for x in lines])
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, dependencies=[Authorized])
-def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
-    job = services.repo.request_cancel(job_id, services.settings.job_lease_s)
+def cancel_job(job_id: JobId, repo: RepoDep, settings: SettingsDep) -> JobPublic:
+    job = repo.request_cancel(job_id, settings.job_lease_s)
     if job is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return to_public(job)
 
 
-@router.get("/jobs/{job_id}/events")
+EVENT = {
+    "type": "object",
+    "properties": {"event": {"enum": ["metric", "job", "end"]}, "data": {"type": "string"}},
+    "required": ["event", "data"],
+}
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `metric` per point, `job` on a change, `end` at the end",
+            "content": {"text/event-stream": {"itemSchema": EVENT}},
+        }
+    },
+)
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     repo: RepoDep,
-    since: Annotated[int, Query(ge=-1, description="only points after this step")] = -1,
+    since: Annotated[int, Query(ge=-1, le=MAX_INT, description="only points after this step")] = -1,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     await run_in_threadpool(_job_or_404, repo, job_id)
-    if last_event_id is not None and last_event_id.isdigit():
+    if last_event_id is not None and re.fullmatch(r"[0-9]{1,9}", last_event_id):
         since = int(last_event_id)  # a reconnecting EventSource continues where it stopped
     return StreamingResponse(
         _events(repo, job_id, since),
@@ -216,17 +206,26 @@ async def _events(repo: Any, job_id: str, since: int) -> AsyncIterator[bytes]:
         await asyncio.sleep(EVENT_POLL_S)
 
 
-@router.post("/datasets", status_code=201, dependencies=[Authorized])
+@router.post(
+    "/datasets",
+    status_code=201,
+    dependencies=[Authorized],
+    openapi_extra=raw_body(
+        "application/octet-stream",
+        "the file, streamed: UTF-8 text, JSONL with a string `text` per line, or messages JSONL "
+        "(an OpenAI-style conversation per line, ending with the assistant's reply)",
+    ),
+)
 async def upload_dataset(
     request: Request,
-    services: ServicesDep,
-    name: Annotated[str, Query(description="a name jobs can refer to")],
-    format: Annotated[Literal["text", "jsonl"], Query(description="text: one document per line")] = "text",
+    repo: RepoDep,
+    store: StoreDep,
+    name: Annotated[str, Query(pattern=anchored(NAME_RE), description="a name jobs can refer to")],
+    format: Annotated[
+        Literal["text", "jsonl", "messages"],
+        Query(description="text: one document per line; messages: conversations for sft jobs"),
+    ] = "text",
 ) -> DatasetPublic:
-    if not DATASET_NAME.fullmatch(name):
-        raise ApiError(
-            422, "validation_error", [{"loc": ["query", "name"], "msg": "use [A-Za-z0-9._-], up to 128"}]
-        )
     dataset_id = new_id()
     key = f"datasets/{dataset_id}/data.{DATASET_SUFFIXES[format]}"
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
@@ -234,7 +233,7 @@ async def upload_dataset(
             await run_in_threadpool(spool.write, chunk)
         await run_in_threadpool(_check_dataset, spool, format)
         spool.seek(0)
-        size, sha = await run_in_threadpool(services.store.put_stream, key, spool)
+        size, sha = await run_in_threadpool(store.put_stream, key, spool)
     dataset = Dataset(
         id=dataset_id,
         name=name,
@@ -244,24 +243,32 @@ async def upload_dataset(
         sha256=sha,
         object_key=key,
     )
-    await run_in_threadpool(services.repo.add_dataset, dataset)
-    return _dataset_public(dataset)
+    await run_in_threadpool(repo.add_dataset, dataset)
+    return DatasetPublic.model_validate(dataset)
 
 
 def _check_dataset(spool: Any, format: str) -> None:
-    """UTF-8 text; for JSONL, every non-empty line an object with a string `text`."""
+    """UTF-8 text; for JSONL, every non-empty line an object with a string `text`; for messages,
+    every non-empty line a conversation training can use (`microgpt.data.conversations`)."""
+    from microgpt.data.conversations import parse_conversation
+
     spool.seek(0)
     for number, raw in enumerate(spool, start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _bad_body(f"line {number} is not UTF-8") from None
-        if format == "jsonl" and line.strip():
+        if format in ("jsonl", "messages") and line.strip():
             try:
                 record = json.loads(line)
             except ValueError:
                 raise _bad_body(f"line {number} is not JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            if format == "messages":
+                try:
+                    parse_conversation(record)
+                except ValueError as e:
+                    raise _bad_body(f"line {number}: {e}") from None
+            elif not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise _bad_body(f'line {number} is not an object with a string "text"')
     if spool.tell() == 0:
         raise _bad_body("the data set is empty")
@@ -271,19 +278,7 @@ def _bad_body(msg: str) -> ApiError:
     return ApiError(422, "validation_error", [{"loc": ["body"], "msg": msg, "type": "value_error"}])
 
 
-def _dataset_public(d: Dataset) -> DatasetPublic:
-    return DatasetPublic(
-        id=d.id,
-        name=d.name,
-        filename=d.filename,
-        format=d.format,
-        size=d.size,
-        sha256=d.sha256,
-        created_at=d.created_at,
-    )
-
-
 @router.get("/datasets")
 def list_datasets(repo: RepoDep) -> DatasetsPublic:
-    data = [_dataset_public(d) for d in repo.list_datasets()]
+    data = [DatasetPublic.model_validate(d) for d in repo.list_datasets()]
     return DatasetsPublic(data=data, count=len(data))

@@ -16,23 +16,26 @@ from pathlib import Path
 
 import prometheus_client
 from fastapi import FastAPI
+from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from microgpt.settings import Settings, get_settings
 from services.common.errors import ApiError, install_error_handlers
 from services.common.http_metrics import instrument
-from services.trainer.deps import TrainerServices
+from services.common.openapi import create_api, document_errors
+from services.common.readiness import ReadinessCollector
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_trainer"
+ERROR_STATUSES = [400, 401, 403, 404, 413, 422, 500, 503]
 
 
-def migrate(engine: object) -> None:
+def migrate(engine: Engine) -> None:
     from services.common.database import run_migrations, wait_for_database
 
-    wait_for_database(engine)  # type: ignore[arg-type]
-    run_migrations(engine, MIGRATIONS, VERSION_TABLE)  # type: ignore[arg-type]
+    wait_for_database(engine)
+    run_migrations(engine, MIGRATIONS, VERSION_TABLE)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,14 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_db_engine(settings.resolved_database_url())
     repo = TrainerRepository(sessionmaker(engine, expire_on_commit=False))
     celery = make_celery(settings)
-    services = TrainerServices(
-        settings=settings,
-        repo=repo,
-        store=object_store_from_settings(settings),
-        celery=celery,
-        registry=RegistryClient.from_settings(settings),
-        api_keys=settings.api_keys(),
-    )
+    store = object_store_from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,13 +61,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="microgpt trainer", lifespan=lifespan)
-    app.state.trainer = services
+    app = create_api(title="microgpt trainer", lifespan=lifespan)
+    app.state.settings, app.state.repo, app.state.store = settings, repo, store
+    app.state.celery, app.state.registry = celery, RegistryClient.from_settings(settings)
+    app.state.api_keys = settings.api_keys()
     install_error_handlers(app)
+    checks = {
+        "database": lambda: repo.counts_by_state(),
+        "object_store": store.check,
+        "broker": lambda: queue_length(celery, settings.trainer_queue),
+    }
     metrics = prometheus_client.CollectorRegistry()
     metrics.register(
         TrainerCollector(repo, lambda: queue_length(celery, settings.trainer_queue), settings.job_lease_s)
     )
+    metrics.register(ReadinessCollector("trainer", checks))
     instrument(app, metrics, "trainer")
     app.include_router(router)
 
@@ -81,11 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     def readyz() -> dict[str, str]:
-        checks = {
-            "database": lambda: repo.counts_by_state(),
-            "object_store": services.store.check,
-            "broker": lambda: queue_length(celery, settings.trainer_queue),
-        }
         for name, check in checks.items():
             try:
                 check()
@@ -93,4 +92,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ApiError(503, "not_ready", f"{name}: {' '.join(str(e).split())}") from None
         return {"status": "ready"}
 
+    document_errors(app, ERROR_STATUSES)
     return app

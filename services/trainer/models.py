@@ -17,8 +17,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-JOB_KINDS = ("train", "finetune", "evaluate", "quantize", "export")
-DATASET_SUFFIXES = {"text": "txt", "jsonl": "jsonl"}  # format -> file suffix the data loader reads by
+JOB_KINDS = ("train", "finetune", "sft", "evaluate", "quantize", "export")
+# format -> file suffix the data loader reads by (a messages file is JSONL of conversations)
+DATASET_SUFFIXES = {"text": "txt", "jsonl": "jsonl", "messages": "jsonl"}
 
 
 def utcnow() -> datetime:
@@ -116,7 +117,7 @@ class Dataset(TrainerBase):
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(128), index=True)
     filename: Mapped[str] = mapped_column(sa.String(255))
-    format: Mapped[str] = mapped_column(sa.String(8))  # text | jsonl
+    format: Mapped[str] = mapped_column(sa.String(8))  # text | jsonl | messages
     size: Mapped[int] = mapped_column(sa.BigInteger)
     sha256: Mapped[str] = mapped_column(sa.String(64))
     object_key: Mapped[str] = mapped_column(sa.String(512))

@@ -29,6 +29,25 @@ class TrainerCollector(Collector):
         self.repo, self.queue_length, self.lease_s = repo, queue_length, lease_s
 
     def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        try:
+            from_sql = list(self._from_database())
+        except Exception:  # the database is down: `microgpt_ready` says so, the queue still helps
+            log.warning("cannot read the jobs for /metrics", exc_info=True)
+            from_sql = []
+        yield from from_sql
+
+        try:
+            waiting = self.queue_length()
+        except Exception:  # the broker is down: the other figures still help
+            log.warning("cannot read the queue length", exc_info=True)
+        else:
+            queue = GaugeMetricFamily(
+                "microgpt_trainer_queue_length", "Job messages waiting in the broker queue"
+            )
+            queue.add_metric([], waiting)
+            yield queue
+
+    def _from_database(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
         counts = self.repo.counts_by_state()
         jobs = GaugeMetricFamily("microgpt_trainer_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
@@ -57,17 +76,6 @@ class TrainerCollector(Collector):
                 loss.add_metric(list(labels), sum(losses) / len(losses))
         yield tokens
         yield loss
-
-        try:
-            waiting = self.queue_length()
-        except Exception:  # the broker is down: the other figures still help
-            log.warning("cannot read the queue length", exc_info=True)
-        else:
-            queue = GaugeMetricFamily(
-                "microgpt_trainer_queue_length", "Job messages waiting in the broker queue"
-            )
-            queue.add_metric([], waiting)
-            yield queue
 
         now = datetime.now(UTC)
         ages = [(now - w.heartbeat_at).total_seconds() for w in self.repo.workers()]

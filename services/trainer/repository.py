@@ -13,14 +13,15 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from microgpt.errors import NotFound
 from services.trainer.models import TERMINAL_STATES, Dataset, Job, JobLog, JobMetric, Worker, utcnow
 
-Claim = Literal["claimed", "finished", "busy", "missing"]
+Claim = Literal["claimed", "finished", "busy"]
 
 
 def new_id(prefix: str = "") -> str:
@@ -73,36 +74,40 @@ class TrainerRepository:
             return list(rows), count
 
     def claim(self, job_id: str, worker: str, lease_s: float) -> Claim:
-        """Take the job for `worker`: a queued one, or a running one whose lease ran out."""
+        """Take the job for `worker`: a queued one, or a running one whose lease ran out.
+
+        NotFound when no job has that id (deleted after its task was queued)."""
         now = utcnow()
         with self.sessions.begin() as s:
             job = s.get(Job, job_id)
             if job is None:
-                return "missing"
+                raise NotFound("job_not_found", f"no job {job_id}")
             if job.state in TERMINAL_STATES:
                 return "finished"
             stale = now - timedelta(seconds=lease_s)
-            taken = s.execute(
-                sa.update(Job)
-                .where(
-                    Job.id == job_id,
-                    sa.or_(
-                        Job.state == "queued",
-                        sa.and_(
-                            Job.state == "running",
-                            sa.or_(Job.worker == worker, Job.worker.is_(None), Job.heartbeat_at < stale),
+            taken = _rowcount(
+                s.execute(
+                    sa.update(Job)
+                    .where(
+                        Job.id == job_id,
+                        sa.or_(
+                            Job.state == "queued",
+                            sa.and_(
+                                Job.state == "running",
+                                sa.or_(Job.worker == worker, Job.worker.is_(None), Job.heartbeat_at < stale),
+                            ),
                         ),
-                    ),
+                    )
+                    .values(
+                        state="running",
+                        worker=worker,
+                        heartbeat_at=now,
+                        attempts=Job.attempts + 1,
+                        started_at=sa.func.coalesce(Job.started_at, now),
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-                .values(
-                    state="running",
-                    worker=worker,
-                    heartbeat_at=now,
-                    attempts=Job.attempts + 1,
-                    started_at=sa.func.coalesce(Job.started_at, now),
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            )
             return "claimed" if taken else "busy"
 
     def heartbeat(self, job_id: str, worker: str) -> None:
@@ -124,9 +129,13 @@ class TrainerRepository:
         if worker is not None:
             where.append(Job.worker == worker)
         with self.sessions.begin() as s:
-            done = s.execute(
-                sa.update(Job).where(*where).values(state=state, finished_at=utcnow(), worker=None, **values)
-            ).rowcount
+            done = _rowcount(
+                s.execute(
+                    sa.update(Job)
+                    .where(*where)
+                    .values(state=state, finished_at=utcnow(), worker=None, **values)
+                )
+            )
         return bool(done)
 
     def requeue(self, job_id: str, worker: str) -> None:
@@ -287,5 +296,11 @@ class TrainerRepository:
         ]
 
 
-def _aware(value: datetime | None) -> bool:
+def _rowcount(result: sa.Result[Any]) -> int:
+    """Rows an UPDATE changed: its result is a CursorResult, which `Session.execute`'s type does not say."""
+    assert isinstance(result, sa.CursorResult)
+    return result.rowcount
+
+
+def _aware(value: datetime | None) -> TypeGuard[datetime]:
     return value is not None and value.tzinfo is not None

@@ -28,14 +28,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from microgpt.errors import NotFound
 from microgpt.settings import Settings
 from microgpt.storage import ObjectStore
 from services.trainer.job_checkpoints import delete_checkpoints, download_checkpoint, upload_checkpoint
 from services.trainer.logs import JobLogger, job_context
 from services.trainer.models import DATASET_SUFFIXES, Job
-from services.trainer.repository import TrainerRepository
+from services.trainer.repository import Claim, TrainerRepository
 from services.trainer.schemas import EvaluateSpec, ExportSpec, JobSpec
-from services.trainer.validation import lora_config
+from services.trainer.validation import CHAT_DATASET, lora_config, train_overrides
 
 Outcome = Literal["done", "requeue", "skipped", "busy"]
 CANCEL_POLL_S = 0.5
@@ -61,14 +62,19 @@ class _Progress:
         self.flushed_at = time.monotonic()
 
     def on_step(self, record: dict[str, Any]) -> None:
+        self.runner.on_point(record)
         self.pending.append(record)
         if time.monotonic() - self.flushed_at >= METRICS_FLUSH_S:
             self.flush()
 
     def on_eval(self, record: dict[str, Any]) -> None:
+        self.runner.on_point(record)
         self.pending.append(record)
         self.flush()
         self.say(f"step {record['step']}: val loss {record['val_loss']:.4f}")
+
+    def on_interpret(self, record: dict[str, Any]) -> None:
+        self.pending.append(record)  # the job's series gains the induction score, for the dashboard
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         self.flush()
@@ -91,6 +97,7 @@ class JobRunner:
         registry: Any,
         worker: str,
         on_job: Callable[[str | None], None] | None = None,
+        on_point: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.settings, self.repo, self.store, self.registry, self.worker = (
             settings,
@@ -100,12 +107,17 @@ class JobRunner:
             worker,
         )
         self.on_job = on_job or (lambda job_id: None)
+        self.on_point = on_point or (lambda record: None)  # each training metric point, as it comes
 
     def run(self, job_id: str, shutdown: Any) -> Outcome:
         """Run the job unless it is finished or held elsewhere; `shutdown` is an Event (SIGTERM)."""
-        claim = self.repo.claim(job_id, self.worker, self.settings.job_lease_s)
-        if claim in ("missing", "finished"):
-            logging.getLogger("microgpt.trainer").info("job %s is %s; nothing to do", job_id, claim)
+        try:
+            claim: Claim | None = self.repo.claim(job_id, self.worker, self.settings.job_lease_s)
+        except NotFound:
+            claim = None  # deleted after its task was queued
+        if claim is None or claim == "finished":
+            state = claim or "missing"
+            logging.getLogger("microgpt.trainer").info("job %s is %s; nothing to do", job_id, state)
             return "skipped"
         if claim == "busy":
             return "busy"
@@ -152,7 +164,8 @@ class JobRunner:
     # --- kinds ------------------------------------------------------------------------------
 
     def _run_train(self, job: Job, spec: JobSpec, work: Path, say: JobLogger, shutdown: Any) -> None:
-        from microgpt.train.loop import train
+        from microgpt.cpp import TRAINING_KERNELS, build_all
+        from microgpt.train.loop import default_device, train
 
         out = work / "run"
         resumed = download_checkpoint(self.store, job.id, out)
@@ -163,7 +176,7 @@ class JobRunner:
             say(f"resuming from the checkpoint at step {resumed}")
         data, dataset_sha = self._dataset(job)
         init_from = None
-        if job.kind == "finetune":
+        if job.kind in ("finetune", "sft"):
             assert job.base_model is not None
             init_from = self.registry.pull(job.base_model)
         progress = _Progress(self, job.id, out, say)
@@ -172,13 +185,15 @@ class JobRunner:
         def stop() -> bool:
             return shutdown.is_set() or cancel()
 
+        if default_device() == "cpu":  # a first build takes a minute: before step 0, and in the log
+            build_all(TRAINING_KERNELS, say)
         result = train(
             job.preset or "",
             out_dir=out,
             cache_dir=self.settings.cache,
             data=data,
             model_overrides=spec.model or None,
-            train_overrides=spec.train or None,
+            train_overrides=train_overrides(spec) or None,
             checkpoint_interval=spec.checkpoint_interval,
             resume=resumed is not None,
             callbacks=[progress],
@@ -207,20 +222,25 @@ class JobRunner:
         delete_checkpoints(self.store, job.id)
 
     _run_finetune = _run_train
+    _run_sft = _run_train
 
     def _run_evaluate(self, job: Job, spec: JobSpec, work: Path, say: JobLogger, shutdown: Any) -> None:
         from microgpt.evaluate import evaluate_checkpoint
 
         assert job.base_model is not None
         options = spec.evaluate or EvaluateSpec()
+        if options.tasks is not None:
+            self._evaluate_tasks(job, options, say)
+            return
         data, dataset_sha = self._dataset(job)
         path = self.registry.pull(job.base_model)
-        say(f"evaluating {job.base_model} on {job.dataset} ({options.split} split)")
+        split = options.split or "val"
+        say(f"evaluating {job.base_model} on {job.dataset} ({split} split)")
         result = evaluate_checkpoint(
             path,
             data,
             cache_dir=self.settings.cache,
-            split=options.split,
+            split=split,
             batch_size=options.batch_size,
             max_batches=options.max_batches,
         )
@@ -233,6 +253,31 @@ class JobRunner:
         self.repo.add_metrics(job.id, [{"kind": "result", "step": 0, **figures}])
         self.repo.update_job(job.id, result=figures, dataset_sha256=dataset_sha)
         say(result.summary())
+
+    def _evaluate_tasks(self, job: Job, options: EvaluateSpec, say: JobLogger) -> None:
+        """Accuracy per task of greedy replies; the figures go to the job and to the version's metrics."""
+        from microgpt.task_eval import evaluate_checkpoint_tasks, metrics_of, report
+
+        assert job.base_model is not None
+        data, dataset_sha = (None, None) if job.dataset in (None, CHAT_DATASET) else self._dataset(job)
+        split = options.split or "test"
+        where = f"the built-in chat tasks' {split} split" if data is None else job.dataset
+        say(f"scoring {job.base_model} on {', '.join(options.tasks or [])} ({where})")
+        scores = evaluate_checkpoint_tasks(
+            self.registry.pull(job.base_model),
+            options.tasks,
+            cache_dir=self.settings.cache,
+            data=data,
+            split=split,
+            limit=options.limit,
+        )
+        figures = metrics_of(scores)
+        self.repo.add_metrics(job.id, [{"kind": "result", "step": 0, **figures}])
+        self.registry.update_version(job.base_model, metrics=figures)
+        counts = {f"total.{task}": s.total for task, s in scores.items()}
+        self.repo.update_job(job.id, result={**figures, **counts}, dataset_sha256=dataset_sha)
+        for line in report(scores).splitlines():
+            say(line)
 
     def _run_quantize(self, job: Job, spec: JobSpec, work: Path, say: JobLogger, shutdown: Any) -> None:
         from microgpt.quantize import quantize_checkpoint
@@ -256,13 +301,23 @@ class JobRunner:
         assert job.base_model is not None
         options = spec.export or ExportSpec()
         src = self.registry.pull(job.base_model)
-        say(f"exporting {job.base_model} to {options.format}")
-        dst = export_checkpoint(Path(src), work / "exported", options.format, opset=options.opset)
-        size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
+        kind = options.format + (f" {options.quant}" if options.quant else "")
+        say(f"exporting {job.base_model} to {kind}")
+        done = export_checkpoint(
+            Path(src), work / "exported", options.format, quant=options.quant, opset=options.opset
+        )
+        for note in done.notes:
+            say(note)
+        # The parity report (the export's own runtime against the float model) travels as metrics,
+        # so the registry and the dashboard show how far the export is from its source.
+        size = sum(p.stat().st_size for p in done.path.iterdir() if p.is_file())
+        metrics = {"bytes": float(size), **(done.parity.metrics() if done.parity else {})}
+        say(f"parity: {done.parity.summary()}" if done.parity else "parity: runtime not installed here")
         lineage = {"job_id": job.id, "parent": job.base_model}
-        ref = self._push_once(job, "final", dst, {"bytes": float(size)}, lineage)
-        self.repo.update_job(job.id, result={"format": options.format, "bytes": size})
-        say(f"pushed the {options.format} export as {ref}")
+        ref = self._push_once(job, "final", done.path, metrics, lineage)
+        result = {"format": options.format, "quant": options.quant, **metrics}
+        self.repo.update_job(job.id, result={k: v for k, v in result.items() if v is not None})
+        say(f"pushed the {kind} export as {ref}")
 
     # --- pieces -----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from celery.exceptions import Reject
 from microgpt.settings import Settings
 from services.trainer.celery_app import RUN_JOB
 from services.trainer.runner import JobRunner
+from services.trainer.worker_metrics import WorkerMetrics
 
 JOB_ID = re.compile(r"[0-9a-f]{16}")
 log = logging.getLogger("microgpt.trainer")
@@ -38,6 +39,7 @@ class WorkerState:
         self.settings = settings
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.current_job: str | None = None
+        self.metrics = WorkerMetrics()
         self._runner: JobRunner | None = None
         self._beating = threading.Event()
         self._lock = threading.Lock()
@@ -62,11 +64,13 @@ class WorkerState:
                     RegistryClient.from_settings(self.settings),
                     self.name,
                     on_job=self._set_job,
+                    on_point=self.metrics.point,
                 )
             return self._runner
 
     def _set_job(self, job_id: str | None) -> None:
         self.current_job = job_id
+        self.metrics.job_changed(job_id)
         if job_id is not None:
             self.beat()
 
@@ -75,6 +79,14 @@ class WorkerState:
             self.runner().repo.worker_heartbeat(self.name, self.current_job)
         except Exception:  # a missed beat is retried; it must never kill the worker
             log.warning("heartbeat failed", exc_info=True)
+            self.metrics.heartbeat(ok=False)
+        else:
+            self.metrics.heartbeat(ok=True)
+
+    def serve_metrics(self, offset: int) -> None:
+        """Serve this process's metrics if an address is configured (see services.trainer.worker_metrics)."""
+        if self.settings.worker_metrics_address:
+            self.metrics.serve(self.settings.worker_metrics_address, offset)
 
     def start_heartbeat(self) -> None:
         """Beat every third of a lease from a daemon thread: a busy step never starves the lease."""
@@ -143,7 +155,14 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerState:
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**kwargs: Any) -> None:
+        state.serve_metrics(0)
         state.start_heartbeat()
+
+    @signals.worker_process_init.connect(weak=False)
+    def _pool_process(**kwargs: Any) -> None:  # prefork: the jobs run here, so their metrics do too
+        from billiard.process import current_process
+
+        state.serve_metrics(1 + getattr(current_process(), "index", 0))
 
     @signals.worker_shutdown.connect(weak=False)
     def _gone(**kwargs: Any) -> None:

@@ -6,21 +6,25 @@ override, a data set or base model that does not exist) is refused here with a 4
 the only judges of presets and overrides (the same `with_overrides` the loop applies), and
 the registry is asked to resolve base models, so validation and execution cannot disagree.
 The result is what the job row records: the resolved base version ("name/3") is pinned at
-submission, so a later push to that name does not change what the job runs on.
+submission, so a later push to that name does not change what the job runs on, and the output
+model is named then (a train job's default is `<preset>-<data set>` unless the data set is the
+preset's own, so one preset trained on two data sets never shares a model), so the submitter is
+told where the result will go.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from services.common.errors import ApiError
-from services.trainer.schemas import JobSpec
+from microgpt.errors import InvalidFields, Unavailable
+from microgpt.registry.names import NAME_RE
+from services.common.schemas import MAX_INT
+from services.trainer.schemas import EvaluateSpec, ExportSpec, JobSpec
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the registry's rule
+CHAT_DATASET = "chat"  # the built-in conversations: an sft job's default, the task evaluations' data
 
 
 class ResolvesVersions(Protocol):
@@ -43,26 +47,28 @@ class ResolvedSpec:
     output_model: str | None
 
 
-def invalid(loc: list[str | int], msg: str) -> ApiError:
-    """A 422 shaped like FastAPI's own validation errors, naming the spec field."""
-    return ApiError(422, "validation_error", [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+def invalid(loc: list[str | int], msg: str) -> InvalidFields:
+    """An error shaped like FastAPI's own validation errors (a 422), naming the spec field."""
+    return InvalidFields([{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
 def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVersions) -> ResolvedSpec:
-    """Check `spec` against the zoo, the data sets and the registry; raise a 422 ApiError if invalid."""
+    """Check `spec` against the zoo, the data sets and the registry; raise InvalidFields if invalid."""
     from microgpt.zoo import PRESETS
 
-    needs_base = spec.kind in ("finetune", "evaluate", "quantize", "export")
+    needs_base = spec.kind in ("finetune", "sft", "evaluate", "quantize", "export")
     if spec.kind == "train" and spec.base_model is not None:
         raise invalid(
             ["base_model"], "a train job starts from scratch; use kind 'finetune' to start from a model"
         )
     if needs_base and not spec.base_model:
         raise invalid(["base_model"], f"a {spec.kind} job needs base_model (name, name@alias or name/3)")
-    _only_for(spec, "lora", spec.lora, ("finetune",))
+    _only_for(spec, "lora", spec.lora, ("finetune", "sft"))
     _only_for(spec, "quantize", spec.quantize, ("quantize",))
     _only_for(spec, "evaluate", spec.evaluate, ("evaluate",))
     _only_for(spec, "export", spec.export, ("export",))
+    if spec.export is not None:
+        _check_export(spec.export)
     if spec.kind in ("evaluate", "quantize", "export"):
         for field, value in (("preset", spec.preset), ("model", spec.model), ("train", spec.train)):
             if value:
@@ -82,7 +88,7 @@ def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVers
     preset_name = spec.preset
     if spec.kind == "train" and preset_name is None:
         raise invalid(["preset"], f"a train job needs a preset; one of {', '.join(PRESETS)}")
-    if spec.kind == "finetune" and preset_name is None:
+    if spec.kind in ("finetune", "sft") and preset_name is None:
         preset_name = getattr(base, "preset", None)
         if preset_name not in PRESETS:
             raise invalid(
@@ -90,41 +96,75 @@ def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVers
                 f"{spec.base_model} records no zoo preset to take the training recipe from; name one",
             )
     total_steps = None
-    if spec.kind in ("train", "finetune"):
+    if spec.kind in ("train", "finetune", "sft"):
         assert preset_name is not None
         total_steps = _check_overrides(spec, preset_name)
+        if total_steps > MAX_INT:
+            raise invalid(["train", "max_steps"], f"must be at most {MAX_INT}")
         if spec.lora is not None:
             _check_lora(spec)
 
-    dataset, dataset_sha256 = None, None
-    if spec.kind in ("finetune", "evaluate") and spec.dataset is None:
+    dataset, dataset_sha256, dataset_name = None, None, None
+    tasks = spec.kind == "evaluate" and spec.evaluate is not None and spec.evaluate.tasks is not None
+    if spec.kind in ("finetune", "evaluate") and spec.dataset is None and not tasks:
         raise invalid(
             ["dataset"], f"a {spec.kind} job needs a dataset (a built-in name or an uploaded data set)"
         )
-    if spec.kind in ("train", "finetune", "evaluate"):
+    if spec.kind in ("train", "finetune", "sft", "evaluate") and not (tasks and spec.dataset is None):
         ref = spec.dataset
-        if ref is None:  # train: the preset's own data set
+        if ref is None and spec.kind == "sft":
+            ref = CHAT_DATASET
+        elif ref is None:  # train: the preset's own data set
             ref = PRESETS[preset_name].train.dataset if preset_name else None
             if ref is None:
                 raise invalid(["dataset"], f"preset {preset_name!r} names no data set; give one")
-        dataset, dataset_sha256 = _resolve_dataset(datasets, ref)
+        dataset, dataset_sha256, dataset_name = _resolve_dataset(datasets, ref)
+        if spec.kind == "sft" or tasks:
+            _check_conversations(datasets, ref)
+    if spec.evaluate is not None:
+        _check_evaluate(spec.evaluate, dataset)
 
     output_model = spec.output_model
     if spec.kind != "evaluate":
         if output_model is None:
-            base_name = getattr(base, "name", None)
-            output_model = {
-                "train": preset_name,
-                "finetune": f"{base_name}-ft",
-                "quantize": f"{base_name}-{(spec.quantize.mode if spec.quantize else 'int8')}",
-                "export": f"{base_name}-{(spec.export.format if spec.export else 'onnx')}",
-            }[spec.kind]
-        if not output_model or not NAME.fullmatch(output_model):
+            output_model = _default_output_model(spec, preset_name, dataset_name, getattr(base, "name", None))
+        if not output_model or not NAME_RE.fullmatch(output_model):
             raise invalid(
                 ["output_model"], f"{output_model!r} is not a model name: use [A-Za-z0-9._-], up to 128"
             )
     base_ref = None if base is None else f"{base.name}/{base.version}"
     return ResolvedSpec(preset_name, total_steps, dataset, dataset_sha256, base_ref, output_model)
+
+
+def _default_output_model(
+    spec: JobSpec, preset_name: str | None, dataset_name: str | None, base_name: str | None
+) -> str:
+    """Train: the preset's name when it trains on its own data set, else `<preset>-<data set>`;
+    the others: the base model's name and what was done to it."""
+    from microgpt.zoo import PRESETS
+
+    if spec.kind == "train":
+        assert preset_name is not None
+        if dataset_name == PRESETS[preset_name].train.dataset:
+            return preset_name
+        return f"{preset_name}-{dataset_name}"
+    if spec.kind == "finetune":
+        return f"{base_name}-ft"
+    if spec.kind == "sft":
+        return f"{base_name}-sft"
+    if spec.kind == "quantize":
+        return f"{base_name}-{spec.quantize.mode if spec.quantize else 'int8'}"
+    options = spec.export or ExportSpec()
+    quant = f"-{options.quant}" if options.quant not in (None, "f32") else ""
+    return f"{base_name}-{options.format}{quant}"
+
+
+def _check_export(options: ExportSpec) -> None:
+    """The export options that only one format takes, named by field (the CLI's rules)."""
+    if options.quant not in (None, "f32") and options.format != "gguf":
+        raise invalid(["export", "quant"], f"quant is for gguf exports; {options.format} exports are float32")
+    if options.opset is not None and options.format != "onnx":
+        raise invalid(["export", "opset"], f"opset is for onnx exports, not {options.format}")
 
 
 def _only_for(spec: JobSpec, field: str, value: object, kinds: tuple[str, ...]) -> None:
@@ -140,10 +180,10 @@ def _resolve_base(registry: ResolvesVersions, ref: str) -> Any:
     except RegistryError as e:
         status = getattr(e, "status", None)
         if status is None or status >= 500:
-            raise ApiError(503, "registry_unavailable", f"cannot resolve {ref!r}: {e}") from None
+            raise Unavailable("registry_unavailable", f"cannot resolve {ref!r}: {e}") from None
         raise invalid(["base_model"], f"no ready registry version {ref!r}: {e}") from None
     except ConnectionError as e:
-        raise ApiError(503, "registry_unavailable", str(e)) from None
+        raise Unavailable("registry_unavailable", str(e)) from None
     except ValueError as e:
         raise invalid(["base_model"], str(e)) from None
 
@@ -156,13 +196,14 @@ def _check_overrides(spec: JobSpec, preset_name: str) -> int:
     if preset_name not in PRESETS:
         raise invalid(["preset"], f"unknown preset {preset_name!r}; one of {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
-    if spec.kind == "finetune":
+    if spec.kind in ("finetune", "sft"):
         refused = sorted(set(spec.model) - FINETUNE_MODEL_CHANGES)
         if refused:
             raise invalid(["model", refused[0]], "finetuning keeps the base model's architecture")
+    train = train_overrides(spec)
     for section, config, overrides in (
         ("model", preset.model, spec.model),
-        ("train", preset.train, spec.train),
+        ("train", preset.train, train),
     ):
         try:
             config.updated(**overrides)
@@ -172,7 +213,61 @@ def _check_overrides(spec: JobSpec, preset_name: str) -> int:
             raise invalid([section, *loc], first["msg"]) from None
         except (TypeError, ValueError) as e:
             raise invalid([section], str(e)) from None
-    return int(preset.train.updated(**spec.train).max_steps)
+    return int(preset.train.updated(**train).max_steps)
+
+
+def train_overrides(spec: JobSpec) -> dict[str, Any]:
+    """The TrainConfig overrides a job trains with: the spec's, and for sft the loss on replies.
+
+    An sft job is a finetune with `microgpt.config.SFT_SETTINGS` on its recipe; a spec that
+    sets loss_on or data_mode otherwise is refused, naming the field.
+    """
+    from microgpt.config import SFT_SETTINGS
+
+    if spec.kind != "sft":
+        return dict(spec.train)
+    for key in ("loss_on", "data_mode"):
+        if key in spec.train and spec.train[key] != SFT_SETTINGS[key]:
+            raise invalid(["train", key], f"an sft job trains with {key}={SFT_SETTINGS[key]}")
+    return {**SFT_SETTINGS, **spec.train}
+
+
+def _check_conversations(datasets: FindsDatasets, ref: str) -> None:
+    """SFT and task evaluations read conversations: the built-in chat, or an upload of format messages."""
+    from microgpt.data.builtin import DATASETS
+
+    if ref in DATASETS:
+        if ref != CHAT_DATASET:
+            raise invalid(
+                ["dataset"], f"{ref!r} is not conversations; use {CHAT_DATASET!r} or a messages upload"
+            )
+        return
+    found = datasets.find_dataset(ref)
+    if getattr(found, "format", None) != "messages":
+        raise invalid(["dataset"], f"{ref!r} was not uploaded as conversations (format=messages)")
+
+
+def _check_evaluate(options: EvaluateSpec, dataset: str | None) -> None:
+    """The split fits the evaluation (loss: train/val; tasks: train/validation/test), tasks exist."""
+    from microgpt.data.tasks import SPLITS, TASKS
+
+    loss_splits = ("train", "val")
+    if options.tasks is None:
+        if options.split not in (None, *loss_splits):
+            raise invalid(["evaluate", "split"], f"a loss evaluation reads {' or '.join(loss_splits)}")
+        if options.limit is not None:
+            raise invalid(["evaluate", "limit"], "limit is for tasks; a loss evaluation takes max_batches")
+        return
+    if options.split not in (None, *SPLITS):
+        raise invalid(["evaluate", "split"], f"tasks are scored on {', '.join(SPLITS)}")
+    if options.max_batches is not None:
+        raise invalid(["evaluate", "max_batches"], "max_batches is for a loss evaluation; tasks take limit")
+    if not options.tasks:
+        raise invalid(["evaluate", "tasks"], 'name at least one task, or ["all"]')
+    if dataset in (None, CHAT_DATASET) and options.tasks != ["all"]:
+        unknown = [t for t in options.tasks if t not in TASKS]
+        if unknown:
+            raise invalid(["evaluate", "tasks"], f"unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
 
 
 def _check_lora(spec: JobSpec) -> None:
@@ -193,15 +288,16 @@ def lora_config(spec: JobSpec) -> Any:
     return LoRAConfig(rank=spec.lora.rank, alpha=alpha, **extra)
 
 
-def _resolve_dataset(datasets: FindsDatasets, ref: str) -> tuple[str, str | None]:
+def _resolve_dataset(datasets: FindsDatasets, ref: str) -> tuple[str, str | None, str]:
+    """The data set's id (or built-in name), its sha256 when known now, and its name."""
     from microgpt.data.builtin import DATASETS
 
     if ref in DATASETS:
-        return ref, None
+        return ref, None, ref
     found = datasets.find_dataset(ref)
     if found is None:
         raise invalid(
             ["dataset"],
             f"no data set {ref!r}: neither a built-in ({', '.join(DATASETS)}) nor uploaded (POST /datasets)",
         )
-    return found.id, found.sha256
+    return found.id, found.sha256, found.name

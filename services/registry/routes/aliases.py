@@ -6,13 +6,14 @@ from fastapi import APIRouter, Response
 
 from services.common.errors import ApiError
 from services.registry.deps import ActorDep, RepoDep, Writer
-from services.registry.routes.params import Limit, NameDep, Offset
+from services.registry.routes.params import AliasPath, Limit, NameDep, Offset
 from services.registry.schemas import AliasEventsPublic, AliasPublic, AliasSet, check_alias
 
 router = APIRouter(tags=["aliases"])
 
 
 def _alias(alias: str) -> str:
+    """The pattern is checked by the schema; this refuses the reserved names (`latest`)."""
     try:
         return check_alias(alias)
     except ValueError as e:
@@ -25,20 +26,20 @@ def list_aliases(name: NameDep, repo: RepoDep) -> list[AliasPublic]:
 
 
 @router.put("/models/{name}/aliases/{alias}", dependencies=[Writer])
-def set_alias(name: NameDep, alias: str, body: AliasSet, repo: RepoDep, actor: ActorDep) -> AliasPublic:
+def set_alias(name: NameDep, alias: AliasPath, body: AliasSet, repo: RepoDep, actor: ActorDep) -> AliasPublic:
     """Point the alias at a ready version (a number, another alias, or `latest`); recorded in the history."""
     return repo.set_alias(name, _alias(alias), body.version, actor)
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=204, dependencies=[Writer])
-def delete_alias(name: NameDep, alias: str, repo: RepoDep, actor: ActorDep) -> Response:
+def delete_alias(name: NameDep, alias: AliasPath, repo: RepoDep, actor: ActorDep) -> Response:
     repo.delete_alias(name, _alias(alias), actor)
     return Response(status_code=204)
 
 
 @router.get("/models/{name}/aliases/{alias}/history")
 def alias_history(
-    name: NameDep, alias: str, repo: RepoDep, limit: Limit = 50, offset: Offset = 0
+    name: NameDep, alias: AliasPath, repo: RepoDep, limit: Limit = 50, offset: Offset = 0
 ) -> AliasEventsPublic:
     """Every move of this alias, newest first."""
     return repo.alias_history(name, _alias(alias), limit=limit, offset=offset)

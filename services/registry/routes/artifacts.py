@@ -11,57 +11,57 @@ import json
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from microgpt.storage import ObjectNotFound
 from services.common.errors import ApiError, check_content_length
+from services.common.openapi import raw_body
 from services.registry.blobs import blob_key
 from services.registry.deps import MetricsDep, RepoDep, SettingsDep, StoreDep, Writer
 from services.registry.gc import collect_garbage
 from services.registry.routes.params import NameDep, VersionRefDep
 from services.registry.schemas import (
+    SHA256_RE,
+    ArtifactPath,
     FileInfo,
     GcReport,
     VersionCreate,
     VersionPublic,
-    check_artifact_path,
-    check_sha256,
+    anchored,
 )
 from services.registry.uploads import finalize_version, receive_file, receive_tar, tar_manifest
 
 router = APIRouter(tags=["artifacts"])
 CHECKSUM_HEADER = "X-Checksum-Sha256"
+MAX_GRACE_S = 100 * 365 * 24 * 3600  # beyond this, "now minus grace" is not a date
+FilePath = Annotated[ArtifactPath, Path(description="the file's path inside the version")]
 
 
-def _path(path: str) -> str:
-    try:
-        return check_artifact_path(path)
-    except ValueError as e:
-        raise ApiError(422, "validation_error", str(e)) from None
-
-
-@router.put("/models/{name}/versions/{version}/files/{path:path}", status_code=201, dependencies=[Writer])
+@router.put(
+    "/models/{name}/versions/{version}/files/{path:path}",
+    status_code=201,
+    dependencies=[Writer],
+    openapi_extra=raw_body("application/octet-stream", "the file's bytes"),
+)
 def upload_file(
     ref: VersionRefDep,
-    path: str,
+    path: FilePath,
     request: Request,
     repo: RepoDep,
     store: StoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     x_checksum_sha256: Annotated[
-        str | None, Header(description="the file's sha256; a mismatch is refused with 400 at once")
+        str | None,
+        Header(
+            pattern=anchored(SHA256_RE),
+            description="the file's sha256; a mismatch is refused with 400 at once",
+        ),
     ] = None,
 ) -> FileInfo:
     """Stream one file of a pending version (the raw body; any size up to the limit, in chunks)."""
-    path = _path(path)
-    if x_checksum_sha256 is not None:
-        try:
-            check_sha256(x_checksum_sha256)
-        except ValueError as e:
-            raise ApiError(422, "validation_error", f"{CHECKSUM_HEADER}: {e}") from None
     check_content_length(request, settings.registry_max_upload_bytes)
     version = repo.pending_version(ref)
     return receive_file(
@@ -82,10 +82,10 @@ def upload_file(
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file, streamed"}},
 )
 def download_file(
-    ref: VersionRefDep, path: str, repo: RepoDep, store: StoreDep, metrics: MetricsDep
+    ref: VersionRefDep, path: FilePath, repo: RepoDep, store: StoreDep, metrics: MetricsDep
 ) -> StreamingResponse:
     """Stream one file of a ready version, with its sha256 in `X-Checksum-Sha256`."""
-    version, info = repo.artifact(ref, _path(path))
+    version, info = repo.artifact(ref, path)
     try:
         chunks = store.get_stream(blob_key(info.sha256))
     except ObjectNotFound:
@@ -109,7 +109,12 @@ def download_file(
     return StreamingResponse(counted(), media_type="application/octet-stream", headers=headers)
 
 
-@router.post("/models/{name}/tar", status_code=201, dependencies=[Writer])
+@router.post(
+    "/models/{name}/tar",
+    status_code=201,
+    dependencies=[Writer],
+    openapi_extra=raw_body("application/octet-stream", "a tar (or tar.gz) of a checkpoint directory"),
+)
 def upload_tar(
     name: NameDep,
     request: Request,
@@ -150,7 +155,9 @@ def upload_tar(
 def gc(
     repo: RepoDep,
     store: StoreDep,
-    grace_seconds: Annotated[float, Query(ge=0, description="spare anything younger than this")] = 3600,
+    grace_seconds: Annotated[
+        float, Query(ge=0, le=MAX_GRACE_S, description="spare anything younger than this")
+    ] = 3600,
 ) -> GcReport:
     """Fail pending versions idle for the grace period, then delete blobs no ready/pending version uses."""
     return collect_garbage(repo, store, grace_s=grace_seconds)

@@ -6,19 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from services.common.errors import ApiError
+from services.common.schemas import SqlText
 from services.registry.deps import ActorDep, RepoDep, Writer
-from services.registry.routes.params import Force, Limit, NameDep, Offset
-from services.registry.schemas import ModelCreate, ModelPublic, ModelsPublic, ModelUpdate, check_tag
+from services.registry.routes.params import Force, Limit, NameDep, Offset, TagPath
+from services.registry.schemas import ModelCreate, ModelPublic, ModelsPublic, ModelUpdate
 
 router = APIRouter(tags=["models"])
-
-
-def _tag(tag: str) -> str:
-    try:
-        return check_tag(tag)
-    except ValueError as e:
-        raise ApiError(422, "validation_error", str(e)) from None
 
 
 @router.post("/models", status_code=201, dependencies=[Writer])
@@ -30,8 +23,8 @@ def create_model(body: ModelCreate, repo: RepoDep) -> ModelPublic:
 @router.get("/models")
 def list_models(
     repo: RepoDep,
-    prefix: Annotated[str | None, Query(description="name prefix")] = None,
-    tag: Annotated[list[str], Query(description="models having every one of these tags")] = [],  # noqa: B006
+    prefix: Annotated[SqlText | None, Query(description="name prefix")] = None,
+    tag: Annotated[list[SqlText], Query(description="models having every one of these tags")] = [],  # noqa: B006
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> ModelsPublic:
@@ -57,10 +50,10 @@ def delete_model(name: NameDep, repo: RepoDep, actor: ActorDep, force: Force = F
 
 
 @router.put("/models/{name}/tags/{tag}", dependencies=[Writer])
-def add_model_tag(name: NameDep, tag: str, repo: RepoDep) -> ModelPublic:
-    return repo.set_model_tag(name, _tag(tag), present=True)
+def add_model_tag(name: NameDep, tag: TagPath, repo: RepoDep) -> ModelPublic:
+    return repo.set_model_tag(name, tag, present=True)
 
 
 @router.delete("/models/{name}/tags/{tag}", dependencies=[Writer])
-def remove_model_tag(name: NameDep, tag: str, repo: RepoDep) -> ModelPublic:
-    return repo.set_model_tag(name, _tag(tag), present=False)
+def remove_model_tag(name: NameDep, tag: TagPath, repo: RepoDep) -> ModelPublic:
+    return repo.set_model_tag(name, tag, present=False)

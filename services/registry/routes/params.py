@@ -1,4 +1,4 @@
-"""Path and query parameters shared by several routes, validated into 422 errors."""
+"""Path and query parameters shared by several routes; their patterns and bounds are in the OpenAPI."""
 
 from __future__ import annotations
 
@@ -7,28 +7,45 @@ from typing import Annotated
 from fastapi import Depends, Path, Query
 
 from services.common.errors import ApiError
-from services.registry.schemas import VersionRef, check_name
+from services.common.schemas import MAX_BIGINT
+from services.registry.schemas import (
+    ALIAS_RE,
+    NAME_RE,
+    TAG_RE,
+    VERSION_NUMBER_RE,
+    VersionRef,
+    anchored,
+)
+
+NamePath = Annotated[str, Path(pattern=anchored(NAME_RE), description="model name")]
 
 
 def _ref(
-    name: Annotated[str, Path(description="model name")],
-    version: Annotated[str, Path(description="a version number, an alias, or `latest` (newest ready)")],
+    name: NamePath,
+    version: Annotated[
+        str,
+        Path(
+            pattern=f"^(?:{VERSION_NUMBER_RE.pattern}|{ALIAS_RE.pattern})$",
+            description="a version number, an alias, or `latest` (newest ready)",
+        ),
+    ],
 ) -> VersionRef:
     try:
-        return VersionRef.in_model(check_name(name), version)
+        return VersionRef.in_model(name, version)
     except ValueError as e:
         raise ApiError(422, "validation_error", str(e)) from None
 
 
-def _name(name: Annotated[str, Path(description="model name")]) -> str:
-    try:
-        return check_name(name)
-    except ValueError as e:
-        raise ApiError(422, "validation_error", str(e)) from None
+def _name(name: NamePath) -> str:
+    return name
 
 
 VersionRefDep = Annotated[VersionRef, Depends(_ref)]
 NameDep = Annotated[str, Depends(_name)]
+AliasPath = Annotated[
+    str, Path(pattern=anchored(ALIAS_RE), description="an alias such as `production` (not `latest`)")
+]
+TagPath = Annotated[str, Path(pattern=anchored(TAG_RE))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_BIGINT)]
 Force = Annotated[bool, Query(description="also remove the aliases that point here")]

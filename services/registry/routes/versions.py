@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
 from services.common.errors import ApiError
+from services.common.schemas import SqlText
 from services.registry.deps import ActorDep, RepoDep, StoreDep, Writer
-from services.registry.routes.models import _tag
-from services.registry.routes.params import Force, Limit, NameDep, Offset, VersionRefDep
+from services.registry.routes.params import Force, Limit, NameDep, Offset, TagPath, VersionRefDep
 from services.registry.schemas import (
     FinalizeRequest,
     MetricBound,
+    MetricBoundText,
+    Ref,
     Status,
     VersionCreate,
     VersionFilter,
@@ -26,18 +28,18 @@ from services.registry.uploads import finalize_version
 router = APIRouter(tags=["versions"])
 
 MetricQuery = Annotated[
-    list[str], Query(description="metric bounds such as `val_loss<1.5` or `params>=1e6`; all must hold")
+    list[MetricBoundText],
+    Query(description="metric bounds such as `val_loss<1.5` or `params>=1e6`; all must hold"),
 ]
-TagQuery = Annotated[list[str], Query(description="versions having every one of these tags")]
+TagQuery = Annotated[list[SqlText], Query(description="versions having every one of these tags")]
 
 
-def _filter(**fields: object) -> VersionFilter:
-    metrics = fields.pop("metric")
+def _filter(metric: list[str], **fields: Any) -> VersionFilter:
     try:
-        bounds = [MetricBound.parse(m) for m in metrics]  # type: ignore[union-attr]
+        bounds = [MetricBound.parse(m) for m in metric]
     except ValueError as e:
         raise ApiError(422, "validation_error", str(e)) from None
-    return VersionFilter(metrics=bounds, **fields)  # type: ignore[arg-type]
+    return VersionFilter(metrics=bounds, **fields)
 
 
 @router.post("/models/{name}/versions", status_code=201, dependencies=[Writer])
@@ -52,7 +54,7 @@ def list_versions(
     repo: RepoDep,
     status: Status | None = None,
     tag: TagQuery = [],  # noqa: B006
-    alias: str | None = None,
+    alias: SqlText | None = None,
     metric: MetricQuery = [],  # noqa: B006
     limit: Limit = 50,
     offset: Offset = 0,
@@ -66,10 +68,10 @@ def list_versions(
 @router.get("/versions")
 def search_versions(
     repo: RepoDep,
-    name_prefix: str | None = None,
+    name_prefix: SqlText | None = None,
     status: Status | None = None,
     tag: TagQuery = [],  # noqa: B006
-    alias: str | None = None,
+    alias: SqlText | None = None,
     metric: MetricQuery = [],  # noqa: B006
     limit: Limit = 50,
     offset: Offset = 0,
@@ -89,9 +91,7 @@ def search_versions(
 
 
 @router.get("/resolve")
-def resolve(
-    repo: RepoDep, ref: Annotated[str, Query(description="`name`, `name/3` or `name@alias`")]
-) -> VersionPublic:
+def resolve(repo: RepoDep, ref: Annotated[Ref, Query()]) -> VersionPublic:
     """The version a ref names; `name` alone is the newest ready version."""
     try:
         parsed = VersionRef.parse(ref)
@@ -119,13 +119,13 @@ def delete_version(ref: VersionRefDep, repo: RepoDep, actor: ActorDep, force: Fo
 
 
 @router.put("/models/{name}/versions/{version}/tags/{tag}", dependencies=[Writer])
-def add_version_tag(ref: VersionRefDep, tag: str, repo: RepoDep) -> VersionPublic:
-    return repo.set_version_tag(ref, _tag(tag), present=True)
+def add_version_tag(ref: VersionRefDep, tag: TagPath, repo: RepoDep) -> VersionPublic:
+    return repo.set_version_tag(ref, tag, present=True)
 
 
 @router.delete("/models/{name}/versions/{version}/tags/{tag}", dependencies=[Writer])
-def remove_version_tag(ref: VersionRefDep, tag: str, repo: RepoDep) -> VersionPublic:
-    return repo.set_version_tag(ref, _tag(tag), present=False)
+def remove_version_tag(ref: VersionRefDep, tag: TagPath, repo: RepoDep) -> VersionPublic:
+    return repo.set_version_tag(ref, tag, present=False)
 
 
 @router.post("/models/{name}/versions/{version}/finalize", dependencies=[Writer])
