@@ -169,6 +169,21 @@ def test_cli_reads_piped_lines_until_quit(checkpoint: Path, model: GPT, tokenize
     assert out.stdout.splitlines() == expected
 
 
+def test_cli_chats_with_an_int8_only_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    """A quantized version (what a quantize job pushes) chats from the CLI as its loaded model does."""
+    from microgpt.loading import load_model
+    from microgpt.quantize import quantize_checkpoint
+
+    int8 = quantize_checkpoint(checkpoint, tmp_path / "int8", "int8")
+    out = _cli(str(int8), "--temperature", "0", "--max-new-tokens", "8", stdin="hello\nhow?\n")
+    assert out.returncode == 0, out.stderr
+    loaded = load_model(int8)
+    assert loaded.precision == "int8" and loaded.tokenizer is not None
+    session = ChatSession(loaded.model, loaded.tokenizer, greedy(max_new_tokens=8))
+    expected = ["".join(session.reply("hello")), "".join(session.reply("how?"))]
+    assert out.stdout.splitlines() == expected
+
+
 def test_cli_bad_message_is_reported_and_the_session_goes_on(checkpoint: Path) -> None:
     out = _cli(str(checkpoint), "--temperature", "0", "--max-new-tokens", "4", stdin="Zed\nhello\n")
     assert out.returncode == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from tiny_models import LLAMA, MICROGPT
 
 from microgpt.checkpoint import (
     CheckpointError,
@@ -22,7 +23,6 @@ from microgpt.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from microgpt.config import GPTConfig
 from microgpt.model import GPT
 from microgpt.tokenizers import CharTokenizer
 from microgpt.zoo import get_preset
@@ -46,22 +46,9 @@ NAMES = [
 ]
 
 CONFIGS = {
-    "micro": get_preset("micro").model,
-    # Llama-ish with a tied head: RoPE, RMSNorm, SwiGLU, GQA, qk-norm, biases.
-    "llama-tied": GPTConfig(
-        vocab_size=27,
-        block_size=16,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=32,
-        position="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        qk_norm=True,
-        bias=True,
-        tie_embeddings=True,
-    ),
+    "micro": MICROGPT,
+    # Llama-ish with a tied head and biases, its vocabulary the names' characters.
+    "llama-tied": LLAMA.updated(vocab_size=27, block_size=16, bias=True, tie_embeddings=True),
 }
 
 
@@ -296,16 +283,18 @@ def test_overwrite_replaces_cleanly(ckpt: Path) -> None:
 
 def test_crash_mid_write_leaves_old_checkpoint(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old_logits = load_checkpoint(ckpt).model(tokens()).logits
-    real_save_file = safetensors.torch.save_file
+    import microgpt.checkpoint as checkpoint_module
+
+    real_save = checkpoint_module.save_safetensors
     calls = []
 
-    def save_file_then_crash(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
-        calls.append(Path(filename).name)
+    def save_then_crash(path, tensors, metadata):  # type: ignore[no-untyped-def]
+        calls.append(Path(path).name)
         if len(calls) > 1:  # model.safetensors is written; die on optimizer.safetensors
             raise OSError("disk full")
-        real_save_file(tensors, filename, metadata=metadata)
+        real_save(path, tensors, metadata)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", save_file_then_crash)
+    monkeypatch.setattr(checkpoint_module, "save_safetensors", save_then_crash)
     model = make_model(seed=9)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(ckpt, model, optimizer=torch.optim.AdamW(model.parameters()))

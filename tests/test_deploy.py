@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from microgpt.serve import SERVICES
+from services.launch import SERVICES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,9 @@ def test_compose_file_is_valid_and_runs_every_part() -> None:
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert set(config["services"]) == {
-        "postgres", "redis", "minio", "registry", "trainer", "worker", "inference", "prometheus", "grafana",
-    }  # fmt: skip
+        *("postgres", "redis", "minio", "prometheus", "grafana"),
+        *("registry", "trainer", "worker", "inference", "ui"),
+    }
     for name in SERVICES:
         assert config["services"][name]["command"][:3] == ["microgpt", "serve", name]
     assert config["services"]["worker"]["command"] == ["microgpt", "worker"]
@@ -64,7 +65,8 @@ def test_compose_refuses_to_start_without_its_secrets() -> None:
 
 def test_prometheus_scrapes_each_service_on_its_port_and_grafana_has_the_dashboard() -> None:
     scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape["scrape_configs"]}
+    static = [job for job in scrape["scrape_configs"] if "static_configs" in job]  # workers: DNS
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in static}
     assert targets == {name: [f"{name}:{port}"] for name, port in SERVICES.items()}
     dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "microgpt.json").read_text())
     exprs = " ".join(panel["targets"][0]["expr"] for panel in dashboard["panels"])

@@ -20,6 +20,7 @@ from test_native import make_model  # the architecture families of the native te
 
 from microgpt.checkpoint import CONFIG_FILE, TOKENIZER_FILE, read_config, save_checkpoint
 from microgpt.export import ONNX_FILE, export_onnx
+from microgpt.export.onnx import empty_past
 from microgpt.tokenizers import CharTokenizer
 
 ort = pytest.importorskip("onnxruntime")
@@ -39,7 +40,7 @@ def test_onnx_logits_match_the_eager_model(family: str, tmp_path: Path, one_thre
     model = make_model(family)
     tokenizer = CharTokenizer.train(["abcdefghijklmnopqrstuvwxyz"]) if family == "microgpt" else None
     src = save_checkpoint(tmp_path / "ckpt", model, tokenizer=tokenizer, preset=family)
-    dst = export_onnx(src, tmp_path / "onnx")
+    dst = export_onnx(src, tmp_path / "onnx", cache=False).path
 
     run = session(dst / ONNX_FILE)
     assert [i.name for i in run.get_inputs()] == ["idx"] and [o.name for o in run.get_outputs()] == ["logits"]
@@ -53,11 +54,47 @@ def test_onnx_logits_match_the_eager_model(family: str, tmp_path: Path, one_thre
 
     cfg = read_config(dst)
     assert cfg.metadata["export"]["format"] == "onnx" and cfg.model == model.config
+    assert cfg.metadata["export"]["parity"]["max_abs_logit_diff"] <= ATOL
     listed = {ONNX_FILE} | ({TOKENIZER_FILE} if tokenizer else set())
     assert set(cfg.files) == listed
     assert {p.name for p in dst.iterdir()} == listed | {CONFIG_FILE}, "every file is sealed"
     for name, digest in cfg.files.items():
         assert hashlib.sha256((dst / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_cached_onnx_decodes_token_by_token_like_the_eager_model(
+    family: str, tmp_path: Path, one_thread: None
+) -> None:
+    """Prefill 5 tokens, then feed the present cache back one token at a time: the logits at every
+    position match the eager model's (atol 1e-4), and so do the greedy tokens."""
+    model = make_model(family)
+    cfg = model.config
+    run = session(export_onnx(save_checkpoint(tmp_path / "ckpt", model), tmp_path / "onnx").path / ONNX_FILE)
+    outputs = [o.name for o in run.get_outputs()]
+    assert outputs[0] == "logits" and outputs[1:3] == ["present.0.key", "present.0.value"]
+    ids = torch.randint(0, cfg.vocab_size, (2, 12))
+    feed = {
+        "input_ids": ids[:, :5].numpy(),
+        "attention_mask": np.ones((2, 5), np.int64),
+        "position_ids": np.tile(np.arange(5), (2, 1)),
+        **empty_past(cfg, 2),
+    }
+    got = []
+    for t in range(5, 13):
+        logits, *present = run.run(None, feed)
+        got.append(logits)
+        if t == 12:
+            break
+        feed = {
+            "input_ids": ids[:, t : t + 1].numpy(),
+            "attention_mask": np.ones((2, t + 1), np.int64),
+            "position_ids": np.full((2, 1), t),
+            **{n.replace("present", "past_key_values"): v for n, v in zip(outputs[1:], present, strict=True)},
+        }
+    with torch.inference_mode():
+        expected = model(ids).logits.numpy()
+    np.testing.assert_allclose(np.concatenate(got, axis=1), expected, rtol=0, atol=ATOL)
 
 
 def test_bad_options_are_value_errors(tmp_path: Path) -> None:

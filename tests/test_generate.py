@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import LLAMA, MICROGPT
 
-from microgpt.config import GPTConfig
 from microgpt.generate import Decoder, generate, stream
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams, filter_logits
 from microgpt.zoo import get_preset
 
 FAMILIES = {
-    "microgpt": get_preset("micro").model,
+    "microgpt": MICROGPT,
     "nanogpt": get_preset("shakespeare-cpu").model.updated(n_layer=2, n_embd=64, block_size=48),
-    "llama": GPTConfig(
-        vocab_size=40,
-        block_size=48,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=32,
-        position="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        tie_embeddings=False,
-    ),
+    "llama": LLAMA.updated(vocab_size=40, block_size=48, qk_norm=False),  # 40 new tokens fit the context
 }
 SAMPLING = {
     "greedy": SamplingParams(temperature=0.0, max_new_tokens=40),

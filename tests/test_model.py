@@ -10,42 +10,14 @@ import math
 
 import pytest
 import torch
+from tiny_models import GPT2, LLAMA, MICROGPT, RELU2_MQA
 
 from microgpt.config import GPTConfig
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
 from microgpt.zoo import PRESETS, get_preset
 
-FAMILIES = {
-    "microgpt": get_preset("micro").model,
-    "gpt2": GPTConfig(
-        vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, bias=True, mlp="gelu_tanh"
-    ),
-    "llama": GPTConfig(
-        vocab_size=50,
-        block_size=32,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=32,
-        position="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        tie_embeddings=False,
-        qk_norm=True,
-    ),
-    "relu2-mqa": GPTConfig(
-        vocab_size=50,
-        block_size=32,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=1,
-        n_embd=32,
-        mlp="relu2",
-        norm="rmsnorm",
-        norm_gain=False,
-    ),
-}
+FAMILIES = {"microgpt": MICROGPT, "gpt2": GPT2, "llama": LLAMA, "relu2-mqa": RELU2_MQA}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import GPT2, LLAMA, MICROGPT, ODD_SIZES, WIDE_MLP
 
-from microgpt.config import GPTConfig
 from microgpt.generate import generate
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
@@ -22,22 +22,13 @@ from microgpt.sampling import SamplingParams
 from microgpt.zoo import get_preset
 
 FAMILIES = {
-    "microgpt": get_preset("micro").model,
+    "microgpt": MICROGPT,
     "nanogpt": get_preset("shakespeare-cpu").model.updated(n_layer=2),
-    "gpt2": GPTConfig(
-        vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, bias=True, mlp="gelu_tanh",
-    ),
-    "llama": GPTConfig(
-        vocab_size=50, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, position="rope",
-        norm="rmsnorm", mlp="swiglu", tie_embeddings=False, qk_norm=True, bias=True,
-    ),
-    "odd-sizes": GPTConfig(
-        vocab_size=37, block_size=20, n_layer=2, n_head=3, n_embd=24, mlp="relu2", mlp_hidden=50,
-        norm="rmsnorm", norm_gain=False, final_norm=False, embed_norm=True,
-    ),
-    # A product over more than 1,024 inputs: AVX2's int8 sums leave int32 every 1,024 of them.
-    "wide-mlp": GPTConfig(vocab_size=50, block_size=12, n_layer=1, n_head=2, n_embd=32, mlp_hidden=1100),
-}  # fmt: skip
+    "gpt2": GPT2,
+    "llama": LLAMA.updated(bias=True),  # the kernels' bias paths too
+    "odd-sizes": ODD_SIZES,
+    "wide-mlp": WIDE_MLP,
+}
 
 
 def make_model(family: str) -> GPT:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from microgpt.processes import free_port
 from microgpt.train.shared_memory import SLOT_BYTES, SharedMemoryAllReduce
 
 pytestmark = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="the shared-memory path is x86-only"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from microgpt.registry.servers import moto_s3_server
 from microgpt.storage import LocalDiskStore, ObjectStore, S3Store
+from services.registry.local import moto_s3_server
 
 
 @pytest.fixture(scope="session")

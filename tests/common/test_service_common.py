@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from microgpt.errors import Conflict, DomainError, Invalid, InvalidFields, NotFound, Unavailable
 from services.common.auth import require_api_key
 from services.common.database import create_db_engine, wait_for_database
 from services.common.errors import ApiError, install_error_handlers, iter_limited_body
@@ -43,6 +44,29 @@ def make_app(keys: frozenset[str] = frozenset()) -> FastAPI:
         return {"size": sum([len(c) async for c in iter_limited_body(request, 10)])}
 
     return app
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (NotFound("model_not_found", "no model named 'x'"), 404),
+        (Conflict("version_not_ready", "x/1 is pending"), 409),
+        (Invalid("invalid_request", "the last message must be the user's"), 400),
+        (InvalidFields([{"loc": ["body", "preset"], "msg": "unknown", "type": "value_error"}]), 422),
+        (Unavailable("registry_unavailable", "connection refused"), 503),
+    ],
+)
+def test_domain_errors_map_to_their_http_status_once(error: DomainError, status: int) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/fails")
+    def fails() -> None:
+        raise error
+
+    r = TestClient(app, raise_server_exceptions=False).get("/fails")
+    assert r.status_code == status
+    assert r.json() == {"error": error.code, "detail": error.detail}
 
 
 def test_errors_are_json_with_codes() -> None:

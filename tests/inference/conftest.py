@@ -29,11 +29,12 @@ import uvicorn
 from microgpt.checkpoint import load_checkpoint, save_checkpoint
 from microgpt.data.builtin import cached_path
 from microgpt.model import GPT
+from microgpt.processes import free_port
 from microgpt.registry import RegistryClient
-from microgpt.registry.servers import free_port, registry_server
 from microgpt.settings import Settings
 from microgpt.train import train
 from services.inference.app import create_app
+from services.registry.local import registry_server
 
 TINY = "tiny@production"
 SLOW = "slow@production"

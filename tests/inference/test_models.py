@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from microgpt.precision import PRECISIONS
+
 TINY, SLOW = "tiny@production", "slow@production"
 pytestmark = pytest.mark.usefixtures("one_thread_session")
 
@@ -20,7 +22,7 @@ def model_cards(base: str, **headers: str) -> dict[str, dict]:
     return {m["id"]: m for m in response.json()["data"]}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int4"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_each_precision_loads_on_demand_and_writes_text(serve, precision: str) -> None:  # noqa: ANN001
     with serve() as base:
         body = {"model": f"{TINY}:{precision}", "prompt": "ROMEO:\n", "max_tokens": 16, "temperature": 0}

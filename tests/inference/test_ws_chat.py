@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -126,3 +127,44 @@ def test_ws_auth_by_header_query_or_first_frame(serve) -> None:  # noqa: ANN001
                 with pytest.raises(ConnectionClosed) as closed:
                     ws.recv(timeout=10)
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_frames_are_text_within_the_body_limit_and_errors_echo_the_turn_id(base: str) -> None:
+    turn = {"model": TINY, "id": "b1", "prompt": "A", "params": {"max_tokens": 2}}
+    with connect(ws_url(base)) as ws:
+        ws.send(json.dumps(turn).encode())  # the protocol is text: a binary frame is not a turn
+        binary = json.loads(ws.recv(timeout=10))
+        assert binary["type"] == "error" and binary["error"] == "invalid_frame"
+        assert "binary" in binary["detail"]
+
+        ws.send(json.dumps({**turn, "id": "t9", "params": {"temperature": -1}}))
+        bad = json.loads(ws.recv(timeout=10))
+        assert bad["error"] == "invalid_frame" and bad["id"] == "t9"
+        ws.send(json.dumps({**turn, "id": 7}))  # an id the schema refuses is not echoed
+        assert json.loads(ws.recv(timeout=10))["id"] is None
+
+        ws.send(json.dumps({**turn, "id": "snow", "prompt": "ROMEO \u2603"}))
+        assert json.loads(ws.recv(timeout=10))["error"] == "invalid_prompt"  # tiny cannot encode the snowman
+        # Far over tiny's 64-token context: refused from the prompt's beginning, so the character it
+        # cannot encode, at the end, is never reached.
+        ws.send(json.dumps({**turn, "id": "long", "prompt": "ROMEO " * 20_000 + "\u2603"}))
+        long = json.loads(ws.recv(timeout=10))
+        assert long["error"] == "context_length_exceeded" and long["id"] == "long"
+        assert "at least" in long["detail"]
+
+        ws.send(json.dumps(turn))  # the socket is still usable
+        assert events_until_done(ws)[-1]["type"] == "done"
+
+        ws.send(json.dumps({**turn, "prompt": "a" * (1 << 20)}))  # over REST's 1 MiB body limit
+        too_large = json.loads(ws.recv(timeout=10))
+        assert too_large["type"] == "error" and too_large["error"] == "too_large"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+def test_rest_refuses_a_prompt_far_over_the_context_from_its_beginning(base: str) -> None:
+    body = {"model": TINY, "prompt": "ROMEO " * 20_000 + "\u2603", "max_tokens": 1}
+    response = httpx.post(f"{base}/v1/completions", json=body, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"

@@ -20,8 +20,8 @@ import pytest
 from registry_harness import BACKENDS, Registry, serve
 from sqlalchemy.engine import make_url
 
-from microgpt.registry.servers import moto_s3_server
 from microgpt.settings import Settings
+from services.registry.local import moto_s3_server
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from microgpt.processes import free_port
 from microgpt.registry.client import RegistryClient
-from microgpt.registry.servers import free_port
 from microgpt.settings import Settings
 from microgpt.storage import ObjectStore
 from services.registry.app import create_app

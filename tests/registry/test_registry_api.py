@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -348,3 +349,12 @@ def test_health_readiness_and_metrics(sqlite_registry: Registry) -> None:
         artifacts.write_text("not a directory")  # the store can no longer be written
         r = http.get("/readyz")
         assert r.status_code == 503 and error_of(r) == "not_ready" and "object_store" in r.json()["detail"]
+        assert new_version(http, name) == 3
+        r = http.put(f"/models/{name}/versions/3/files/w.bin", content=b"q" * 10)
+        assert r.status_code == 503 and error_of(r) == "storage_unavailable"
+        text = http.get("/metrics").text  # what the RegistryNotReady and storage-error alerts watch
+        assert 'microgpt_ready{check="object_store",service="registry"} 0.0' in text
+        assert 'microgpt_ready{check="database",service="registry"} 1.0' in text
+        assert 'microgpt_registry_storage_errors_total{operation="check"}' in text
+        put_errors = re.search(r'microgpt_registry_storage_errors_total\{operation="put"\} (\S+)', text)
+        assert put_errors is not None and float(put_errors.group(1)) >= 1

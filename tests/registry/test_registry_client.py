@@ -108,8 +108,38 @@ def test_cli_push_pull_ls_show_alias_gc(cli_env: Registry, checkpoint: Path, tmp
     assert main(["registry", "push", str(tmp_path / "missing"), "--name", name]) == 2
 
 
+def test_cli_exports_a_registry_ref_that_transformers_loads(
+    cli_env: Registry, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`microgpt export REF` pulls the version (by number and by alias) and exports it; transformers
+    loads the directory offline and computes our logits (float32, atol 1e-4) from its tokenizer's ids."""
+    import numpy as np
+    import torch
+
+    from microgpt.loading import load_model
+
+    transformers = pytest.importorskip("transformers")
+    name = unique("export")
+    with cli_env.client() as client:
+        client.push(checkpoint, name, alias="production")
+    ours = load_model(checkpoint, precision="fp32")
+    assert ours.tokenizer is not None
+    for ref in (f"{name}/1", f"{name}@production"):
+        out = tmp_path / ref.replace("/", "-")
+        assert main(["export", ref, "--format", "hf", "--out", str(out)]) == 0
+        assert f"wrote the hf export {out}" in capsys.readouterr().out
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32, local_files_only=True
+        )
+        ids = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)("abcabcxyz")["input_ids"]
+        assert ids == ours.tokenizer.encode("abcabcxyz", add_bos=True)
+        with torch.inference_mode():
+            theirs, expected = hf.eval()(torch.tensor([ids])).logits, ours.model(torch.tensor([ids])).logits
+        np.testing.assert_allclose(theirs.numpy(), expected.numpy(), rtol=0, atol=1e-4)
+
+
 def test_cli_unreachable_registry(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from microgpt.registry.servers import free_port
+    from microgpt.processes import free_port
 
     monkeypatch.setenv("MICROGPT_REGISTRY_URL", f"http://127.0.0.1:{free_port()}")
     get_settings.cache_clear()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from trainer_platform import REPO, Platform
 
-from microgpt.registry.servers import child_server, free_port
+from microgpt.processes import child_server, free_port
 
 
 def _platform_env(home: Path, cache: Path, extra: dict[str, str]) -> dict[str, str]:

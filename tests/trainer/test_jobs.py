@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ def _events(platform: Platform, job_id: str) -> list[tuple[str, dict[str, Any]]]
 
 
 def _happy_path(platform: Platform, output_model: str) -> None:
-    from microgpt.checkpoint import load_text_checkpoint
+    from microgpt.loading import load_model
     from microgpt.sampling import SamplingParams
     from microgpt.textgen import complete
 
@@ -69,8 +71,8 @@ def _happy_path(platform: Platform, output_model: str) -> None:
     assert version.metrics["steps"] == 300 and 1.0 < version.metrics["val_loss"] < 3.3
     assert version.preset == "micro"
 
-    ckpt = load_text_checkpoint(registry.pull(f"{output_model}/1"))
-    samples = complete(ckpt.model, ckpt.tokenizer, ["", ""], SamplingParams(max_new_tokens=16, seed=1))
+    ckpt = load_model(f"{output_model}/1", registry=registry)
+    samples = complete(ckpt.model, ckpt.text_tokenizer(), ["", ""], SamplingParams(max_new_tokens=16, seed=1))
     assert all(s.text.strip() and s.text.isascii() for s in samples), samples
 
     metrics = platform.http.get(f"/jobs/{job['id']}/metrics", params={"since": 250}).json()
@@ -268,6 +270,16 @@ def test_redelivered_task_for_a_finished_job_does_nothing_and_pushes_once(worker
             "onnx",
         ),
         ({"kind": "train", "preset": "micro", "export": {}}, ["body", "export"], "applies to export jobs"),
+        (
+            {"kind": "export", "base_model": "x", "export": {"format": "hf", "quant": "q8_0"}},
+            ["body", "export", "quant"],
+            "for gguf exports",
+        ),
+        (
+            {"kind": "export", "base_model": "x", "export": {"format": "gguf", "opset": 18}},
+            ["body", "export", "opset"],
+            "for onnx exports",
+        ),
         ({"kind": "train", "preset": "micro", "checkpoint_interval": 0}, ["body", "checkpoint_interval"], ""),
         (
             {"kind": "train", "preset": "micro", "output_model": "bad name"},
@@ -275,6 +287,17 @@ def test_redelivered_task_for_a_finished_job_does_nothing_and_pushes_once(worker
             "model name",
         ),
         ({"kind": "dance"}, ["body", "kind"], ""),
+        ({"kind": "sft", "dataset": "chat"}, ["body", "base_model"], "needs base_model"),
+        (
+            {"kind": "train", "preset": "micro", "evaluate": {"tasks": ["add"]}},
+            ["body", "evaluate"],
+            "evaluate",
+        ),
+        (
+            {"kind": "train", "preset": "chat-tiny", "train": {"loss_on": "everything"}},
+            ["body", "train", "loss_on"],
+            "",
+        ),
     ],
 )
 def test_bad_specs_are_422_naming_the_field(
@@ -303,6 +326,71 @@ def test_dataset_upload_is_stored_with_its_sha256_and_usable_by_a_job(platform: 
     job = platform.submit({**MICRO, "dataset": "tiny-names", "train": {"max_steps": 5}})
     assert job["dataset"] == dataset["id"] and job["dataset_sha256"] == dataset["sha256"]
     platform.http.post(f"/jobs/{job['id']}/cancel")
+
+
+def test_sft_and_task_evaluation_jobs_on_a_chat_model(workers: Platform, tmp_path: Path) -> None:
+    """A chat model (the chat-tiny recipe, shrunk, trained here and pushed), an sft job with LoRA on
+    a messages upload, and an evaluate job with tasks whose accuracy lands in the job and the
+    version's metrics."""
+    from microgpt.data.tasks import generate_splits
+    from microgpt.train import train
+
+    bad = workers.http.post(
+        "/datasets",
+        params={"name": "x", "format": "messages"},
+        content=b'{"messages": [{"role": "user", "content": "hi"}]}\n',
+    )
+    assert bad.status_code == 422 and "assistant" in bad.json()["detail"][0]["msg"], bad.text
+    data = "".join(json.dumps(r) + "\n" for r in generate_splits(tasks=("add",))["train"][:100])
+    upload = workers.http.post(
+        "/datasets", params={"name": "sums", "format": "messages"}, content=data.encode()
+    )
+    assert upload.status_code == 201 and upload.json()["format"] == "messages", upload.text
+
+    (tmp_path / "sums.jsonl").write_text(data)
+    base = train(
+        "chat-tiny",
+        out_dir=tmp_path / "base",
+        cache_dir=tmp_path / "cache",
+        data=str(tmp_path / "sums.jsonl"),
+        model_overrides={"n_layer": 1, "n_head": 2, "n_embd": 32},
+        train_overrides={"max_steps": 4, "batch_size": 4, "eval_steps": 1},
+        device="cpu",
+        threads=1,
+    )
+    registry = RegistryClient(workers.registry_url)
+    registry.push(base.checkpoint, "chat-base", preset="chat-tiny")
+
+    workers.start_worker("chat")
+    refused = workers.http.post(
+        "/jobs", json={"kind": "sft", "base_model": "chat-base", "train": {"loss_on": "all"}}
+    )
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "train", "loss_on"]
+    spec = {"kind": "sft", "base_model": "chat-base", "dataset": "sums", "lora": {"rank": 2}}
+    sft = workers.wait_done(
+        workers.submit({**spec, "train": {"max_steps": 4, "eval_interval": 2}})["id"], 600
+    )
+    assert sft["state"] == "succeeded" and sft["registry_version"] == "chat-base-sft/1", sft
+    state = load_checkpoint_state(registry.pull("chat-base-sft/1"))
+    assert state["train"]["loss_on"] == "assistant" and state["lora"]["rank"] == 2
+
+    spec = {"kind": "evaluate", "base_model": "chat-base-sft/1", "dataset": "sums"}
+    refused = workers.http.post("/jobs", json={**spec, "evaluate": {"tasks": ["add"], "max_batches": 2}})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == [
+        "body",
+        "evaluate",
+        "max_batches",
+    ]
+    scored = workers.wait_done(workers.submit({**spec, "evaluate": {"tasks": ["add"], "limit": 5}})["id"])
+    assert scored["state"] == "succeeded", scored
+    assert 0.0 <= scored["result"]["accuracy.add"] <= 1.0 and scored["result"]["total.add"] == 5
+    assert registry.resolve("chat-base-sft/1").metrics["accuracy.add"] == scored["result"]["accuracy.add"]
+
+
+def load_checkpoint_state(path: Path) -> dict[str, Any]:
+    from microgpt.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).trainer_state or {}
 
 
 def test_missing_job_is_a_json_404(platform: Platform) -> None:
@@ -344,6 +432,23 @@ def test_finetune_evaluate_quantize_and_export_jobs_chain_through_the_registry(w
         quantized
     )
     assert registry.resolve("chain-base-int8/1").lineage["parent"] == "chain-base/1"
+    # The int8 version runs wherever a float one does: an evaluate job, and the CLI by its ref.
+    evaluated = workers.wait_done(
+        workers.submit({"kind": "evaluate", "base_model": "chain-base-int8/1", "dataset": "names"})["id"]
+    )
+    assert evaluated["state"] == "succeeded", evaluated
+    assert 0 < evaluated["result"]["loss"] < 3.3 and evaluated["result"]["bits_per_byte"] > 0
+    for command in (
+        ["sample", "chain-base-int8/1", "-n", "1", "--max-new-tokens", "8", "--seed", "1"],
+        ["eval", "chain-base-int8@missing", "--data", "names"],
+        ["eval", "chain-base-int8/1", "--data", "names", "--max-batches", "2"],
+    ):
+        cli = [sys.executable, "-m", "microgpt", *command]
+        done = subprocess.run(cli, env=workers.env, capture_output=True, text=True, timeout=300)
+        if "@missing" in command[1]:
+            assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        else:
+            assert done.returncode == 0 and done.stdout.strip(), done.stderr
 
     exported = workers.wait_done(workers.submit({"kind": "export", "base_model": "chain-base"})["id"])
     assert exported["state"] == "succeeded" and exported["registry_version"] == "chain-base-onnx/1", exported
@@ -351,6 +456,51 @@ def test_finetune_evaluate_quantize_and_export_jobs_chain_through_the_registry(w
     assert version.lineage["parent"] == "chain-base/1" and version.lineage["job_id"] == exported["id"]
     assert set(version.files) == {"config.json", "model.onnx", "tokenizer.json"}
     assert read_config(registry.pull("chain-base-onnx/1")).metadata["export"]["format"] == "onnx"
+
+
+def test_export_jobs_push_each_format_as_a_child_version_with_its_parity_report(
+    workers: Platform, tmp_path: Path
+) -> None:
+    """A Llama-shaped model (the shape every format takes) exported to hf, gguf q8_0 and onnx:
+    each export is a version of its own model whose lineage names the source, and whose metrics
+    are the parity report its runtime gave (transformers and onnxruntime within 1e-4)."""
+    from microgpt.checkpoint import save_checkpoint
+    from microgpt.config import GPTConfig
+    from microgpt.model import GPT
+    from microgpt.tokenizers import ByteTokenizer
+
+    cfg = GPTConfig(
+        vocab_size=259, block_size=32, n_layer=1, n_head=4, n_kv_head=2, n_embd=32, position="rope",
+        norm="rmsnorm", mlp="swiglu", tie_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    src = save_checkpoint(tmp_path / "src", GPT(cfg), tokenizer=ByteTokenizer())
+    registry = RegistryClient(workers.registry_url)
+    registry.push(src, "export-src")
+    workers.start_worker("export")
+    expected = {
+        ("hf", None): ("export-src-hf/1", {"model.safetensors", "microgpt_export.json"}, 1e-4),
+        ("gguf", "q8_0"): ("export-src-gguf-q8_0/1", {"model.gguf"}, None),
+        ("onnx", None): ("export-src-onnx/1", {"model.onnx"}, 1e-4),
+    }
+    for (fmt, quant), (ref, files, atol) in expected.items():
+        options = {"format": fmt, **({"quant": quant} if quant else {})}
+        job = workers.wait_done(
+            workers.submit({"kind": "export", "base_model": "export-src", "export": options})["id"]
+        )
+        assert job["state"] == "succeeded" and job["registry_version"] == ref, job
+        version = registry.resolve(ref)
+        assert version.lineage["parent"] == "export-src/1" and version.lineage["job_id"] == job["id"]
+        assert files | {"config.json", "tokenizer.json"} <= set(version.files)
+        metrics = version.metrics
+        assert metrics["parity_top1_agreement"] >= (1.0 if atol else 0.9), metrics
+        assert abs(metrics["parity_perplexity_change_pct"]) <= 1.0, metrics
+        if atol is not None:
+            assert metrics["parity_max_abs_logit_diff"] <= atol, metrics
+        assert (
+            job["result"]["format"] == fmt
+            and job["result"]["parity_top1_agreement"] == metrics["parity_top1_agreement"]
+        )
 
 
 def test_mutating_routes_need_the_bearer_key_when_one_is_configured(platform: Platform) -> None:
