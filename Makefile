@@ -1,33 +1,39 @@
 # The two set-up commands of the README, and the others a developer needs.
-#   make run    installs into .venv and runs the whole platform on embedded defaults (microgpt up)
-#   make test   installs into .venv (with the dev extra) and runs the default test suite
+#   make run    installs the runtime into .venv and runs the whole platform on embedded defaults (microgpt up)
+#   make test   adds the dev extra (test servers, clients, linters) and runs the default test suite
+#   make lint   what CI checks besides the tests: ruff check, ruff format --check, mypy
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first and pinned: an unpinned torch pulls several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test test-slow bench lint clean
+.PHONY: install install-dev run test bench lint clean
 
+# The runtime only: what `make run` needs, none of the test-only packages.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/microgpt build-kernels  # ~40 s once, so no first request or step waits on a compiler
+	touch $@
+
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 run: install
 	$(BIN)/microgpt up
 
-test: install
+test: install-dev
 	$(BIN)/python -m pytest -q
 
-test-slow: install
-	$(BIN)/python -m pytest -q -m slow
-
-bench: install
+bench: install-dev
 	$(BIN)/microgpt bench train
 	$(BIN)/microgpt bench generate --backend eager native
 	$(BIN)/microgpt bench engine --preset shakespeare --precision int8 bf16 fp32
@@ -38,8 +44,11 @@ bench: install
 	$(BIN)/microgpt bench tokenizer
 	$(BIN)/microgpt bench prepare --size-gb 1
 
-lint: install
-	$(BIN)/ruff check shared services tests
+# What CI checks besides the tests (.ci/run); .pre-commit-config.yaml runs the same on each commit.
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
