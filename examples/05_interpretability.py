@@ -26,7 +26,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", help="a checkpoint or registry ref (default: train `micro` for a moment)")
-    parser.add_argument("--text", default="emma\nolivia\nemma", help="the text to look at")
+    # names are trained one to a sequence (BOS name EOS), so one name is what the model reads
+    parser.add_argument("--text", default="annabella", help="the text to look at")
     parser.add_argument("--out", type=Path, help="folder for the PNG figures (default: none written)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="microgpt-example-") as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from microgpt.export import export_checkpoint
 from microgpt.export.cli import source_path
-from microgpt.export.gguf import GGUF_FILE
+from microgpt.export.gguf import open_in_llama_cpp
 from microgpt.export.hf_import import import_hf
 from microgpt.settings import get_settings
 from microgpt.train.loop import train
@@ -75,10 +75,9 @@ def run(src: Path, out: Path) -> None:
     )
     print(f"transformers greedy: {text!r}")
 
-    # llama.cpp loads the GGUF file with its own tokenizer (from the file's metadata).
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(done["gguf-q8_0"].path / GGUF_FILE), n_ctx=64, verbose=False)
+    # llama.cpp loads the GGUF file with its own tokenizer (from the file's metadata); its `Llama`
+    # with the AMX weight buffers off, which crash llama.cpp on such CPUs (see open_in_llama_cpp).
+    llm = open_in_llama_cpp(done["gguf-q8_0"].path, n_ctx=64, verbose=False)
     completion = llm.create_completion(prompt, max_tokens=40, temperature=0.0, stream=False)
     assert isinstance(completion, dict)  # stream=False: one response, not an iterator
     print(f"llama.cpp q8_0 greedy: {prompt + completion['choices'][0]['text']!r}")

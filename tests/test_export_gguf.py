@@ -30,7 +30,7 @@ from microgpt.checkpoint import read_config, save_checkpoint
 from microgpt.cli import main
 from microgpt.config import GPTConfig
 from microgpt.export import export_checkpoint
-from microgpt.export.gguf import GGUF_FILE
+from microgpt.export.gguf import GGUF_FILE, open_in_llama_cpp
 from microgpt.export.parity import greedy
 from microgpt.model import GPT
 from microgpt.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
@@ -53,8 +53,8 @@ ARCHS: dict[str, GPTConfig] = {
 
 
 def open_llama(path: Path, **options: Any) -> Any:
-    return llama_cpp.Llama(
-        model_path=str(path / GGUF_FILE),
+    return open_in_llama_cpp(
+        path,
         n_ctx=CONTEXT,
         n_batch=CONTEXT,
         n_threads=1,

@@ -11,8 +11,8 @@ there), because OpenAI clients read `error.message`. Auth (a bearer key, when
 and `/ws/chat` (which checks it itself, see `ws_chat`); `/healthz`, `/readyz` and `/metrics`
 stay public. Models in `MICROGPT_INFERENCE_MODELS` load in the background after start-up,
 after the native decode kernel is built (once per install, announced on stderr; see
-`microgpt.cpp`): `/healthz` answers at once, `/readyz` once the kernel is built and a model
-is loaded. Each load is logged at INFO (ref, version, precision, seconds).
+`microgpt.cpp`): `/healthz` answers at once, `/readyz` once the kernel is built, every
+start-up model has loaded (or failed, logged) and at least one model is serving. Each load is logged at INFO (ref, version, precision, seconds).
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(build_kernels, settings.inference_backend)
         app.state.kernels_ready = True
         await pool.preload(settings.inference_models)
+        app.state.models_preloaded = True
         freeze_heap()  # and the models loaded at start-up
 
     @contextlib.asynccontextmanager
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     pool = ModelPool(settings, metrics)
     app.state.settings, app.state.pool, app.state.metrics = settings, pool, metrics
     app.state.kernels_ready = False
+    app.state.models_preloaded = False
 
     install_error_handlers(app)
 
@@ -206,9 +208,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=Readiness, tags=["health"])
     async def readyz(pool: PoolDep) -> Readiness | JSONResponse:
-        """The native kernel is built and at least one model is loaded and serving; 503 until then."""
+        """The kernel is built, the start-up models are loaded and one is serving; 503 until then.
+
+        Ready only after every start-up model was tried, so a client (or a load balancer) that
+        waits for readiness finds all of them listed, not just the first to load."""
         if not app.state.kernels_ready:
             return error_response(503, "not_ready", "building the native decode kernel (once per install)")
+        if not app.state.models_preloaded:
+            return error_response(503, "not_ready", "loading the models of MICROGPT_INFERENCE_MODELS")
         loaded = [m.id for m in pool.loaded()]
         if not loaded:
             return error_response(503, "not_ready", "no model is loaded yet")

@@ -49,6 +49,17 @@ _NANOGPT_SHAKESPEARE: dict[str, Any] = dict(
 # nanoGPT's char-level shape with rotary positions: a reply reads the question at a fixed distance
 # back, wherever in the conversation it stands. vocab_size: the chat data's alphabet + BOS.
 _CHAT_SHAPE: dict[str, Any] = {**_NANOGPT_SHAKESPEARE, "vocab_size": 97, "position": "rope"}
+# What the chat presets train the same way: bf16, whole conversations, every token for the first
+# 5% of the steps and then the replies only.
+_CHAT_RECIPE: dict[str, Any] = dict(
+    betas=(0.9, 0.99),
+    weight_decay=0.1,
+    precision="bf16",
+    data_mode="documents",
+    loss_on="assistant",
+    pretrain_fraction=0.05,
+    dataset="chat",
+)
 _LLAMA_SHAPE: dict[str, Any] = dict(
     position="rope",
     norm="rmsnorm",
@@ -154,13 +165,7 @@ PRESETS: dict[str, Preset] = {
                 lr=3e-3,
                 min_lr=1e-4,
                 warmup_steps=100,
-                betas=(0.9, 0.99),
-                weight_decay=0.1,
-                precision="bf16",
-                data_mode="documents",
-                loss_on="assistant",
-                pretrain_fraction=0.05,
-                dataset="chat",
+                **_CHAT_RECIPE,
                 eval_interval=500,
                 eval_steps=10,
             ),
@@ -176,13 +181,7 @@ PRESETS: dict[str, Preset] = {
                 lr=1e-3,
                 min_lr=1e-4,
                 warmup_steps=200,
-                betas=(0.9, 0.99),
-                weight_decay=0.1,
-                precision="bf16",
-                data_mode="documents",
-                loss_on="assistant",
-                pretrain_fraction=0.05,
-                dataset="chat",
+                **_CHAT_RECIPE,
                 eval_interval=1000,
                 eval_steps=20,
             ),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,15 +247,44 @@ def _encode(array: np.ndarray, quant: str) -> tuple[np.ndarray, Any]:
 # --- running the export in llama.cpp -----------------------------------------------------------
 
 
+_LLAMA_LOAD = threading.Lock()
+
+
+def open_in_llama_cpp(path: str | os.PathLike[str], **options: Any) -> Any:
+    """llama.cpp's own `Llama` on an export directory's model.gguf, its extra weight buffers off.
+
+    On CPUs with AMX, llama.cpp moves Q8_0/Q4_0 weights into AMX buffers whose matrix product
+    crashes the process (a segfault in `ggml_backend_amx_mul_mat`, llama.cpp issue 20824). Its
+    plain CPU kernels compute the same products. llama-cpp-python has no argument for the model
+    parameter that turns those buffers off (`use_extra_bufts`), so the defaults it reads are
+    replaced for this one load, under a lock."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as llama_c
+
+    defaults = llama_c.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _LLAMA_LOAD:
+        llama_c.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(model_path=str(Path(path) / GGUF_FILE), **options)
+        finally:
+            llama_c.llama_model_default_params = defaults
+
+
 def load_llama(path: str | os.PathLike[str], cfg: GPTConfig) -> Any:
-    """llama.cpp (llama-cpp-python) on an export directory's model.gguf, logits at every position.
+    """llama.cpp on an export directory, logits at every position, for the parity report.
 
     The KV cache is F32: llama.cpp's default F16 cache alone moves logits by ~2e-3, which would
     hide what the file itself costs (the parity report measures the file, not the cache type)."""
-    from llama_cpp import GGML_TYPE_F32, Llama
+    from llama_cpp import GGML_TYPE_F32
 
-    return Llama(
-        model_path=str(Path(path) / GGUF_FILE),
+    return open_in_llama_cpp(
+        path,
         n_ctx=cfg.block_size,
         n_batch=cfg.block_size,
         n_threads=1,
