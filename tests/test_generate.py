@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_models import LLAMA, MICROGPT
 
-from microgpt.generate import Decoder, generate, stream
+from microgpt.generate import generate, stream
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams, filter_logits
 from microgpt.zoo import get_preset
@@ -148,14 +148,14 @@ def test_invalid_sampling_parameters_raise_value_error(kwargs: dict, field: str)
 def test_invalid_prompts_raise_value_error() -> None:
     model = make_model("microgpt")
     params = SamplingParams(max_new_tokens=3)
-    with pytest.raises(ValueError, match="more than the context of 16"):
+    with pytest.raises(ValueError, match="maximum context length is 16 tokens; your prompt has 17"):
         generate(model, [list(range(17))], params)
     with pytest.raises(ValueError, match="empty"):
         generate(model, [[]], params)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         generate(model, [[27]], params)
     with pytest.raises(ValueError, match="2 prompts but 1"):
-        Decoder(model, [[1], [2]], [params])
+        generate(model, [[1], [2]], [params])
 
 
 def test_attention_window_grows_without_changing_tokens() -> None:

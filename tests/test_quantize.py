@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_native import FAMILIES, make_model  # the same architecture families
 
-from microgpt.generate import Decoder, generate
+from microgpt.generate import Engine, Request, generate
 from microgpt.kv_cache import KVCache
 from microgpt.model import GPT
 from microgpt.native import NativeDecodeStep
@@ -111,12 +111,14 @@ def test_native_int8_generates_the_dequantized_model_tokens(one_thread: None) ->
 
 def reference_tokens(reference: GPT, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
     """Eager decoding in fp32 over a bf16 KV cache, as the native int8 step keeps it."""
-    decoder = Decoder(reference, prompts, params)
-    fp32 = decoder.cache
-    decoder.cache = KVCache(reference.config, fp32.batch_size, fp32.max_len, dtype=torch.bfloat16)
-    while decoder.step() is not None:
+    requests = [Request(prompt, params, reference.config) for prompt in prompts]
+    engine = Engine(reference, max_batch=len(prompts))
+    room = min(reference.config.block_size, max(r.prompt_tokens + r.max_new_tokens for r in requests))
+    engine.cache = KVCache(reference.config, len(prompts), room, dtype=torch.bfloat16)
+    engine.submit(requests)
+    for _ in engine.drain():
         pass
-    return [g.tokens for g in decoder.results]
+    return [r.tokens for r in requests]
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

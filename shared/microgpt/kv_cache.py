@@ -86,7 +86,7 @@ class KVCache:
 
     def rows(self, start: int, count: int) -> KVCache:
         """The cache restricted to rows [start, start + count): the same storage, so writes
-        through the view land in this cache; the serving engine decodes its active rows so."""
+        through the view land in this cache; the engine decodes and prefills its rows so."""
         view = copy.copy(self)
         view.k = [k[start : start + count] for k in self.k]
         view.v = [v[start : start + count] for v in self.v]
@@ -94,14 +94,16 @@ class KVCache:
         view._rows = torch.arange(count, device=self.lengths.device)[:, None]
         return view
 
-    def move_row(self, src: int, dst: int, length: int) -> None:
-        """Move row `src`'s first `length` positions (its whole content, which the caller tracks
-        without reading `lengths` back from the device) into row `dst`, and empty `src`."""
-        for layer in range(len(self.k)):
-            for cache in (self.k[layer], self.v[layer]):
-                cache[dst, :, :length].copy_(cache[src, :, :length])
-        self.lengths[dst] = self.lengths[src]
-        self.lengths[src] = 0
+    def free_row(self, row: int, last: int, last_length: int) -> None:
+        """Free `row` for a new sequence by moving the last row in use, `last`, into it (its first
+        `last_length` positions: its whole content, which the caller tracks without reading
+        `lengths` back from the device), so the rows in use stay 0..last-1; `last` is left empty."""
+        if row != last:
+            for layer in range(len(self.k)):
+                for cache in (self.k[layer], self.v[layer]):
+                    cache[row, :, :last_length].copy_(cache[last, :, :last_length])
+            self.lengths[row] = self.lengths[last]
+        self.lengths[last] = 0
 
     def reset(self, row: int | None = None) -> None:
         """Empty one row (a retired sequence) or the whole cache."""

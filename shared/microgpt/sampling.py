@@ -4,7 +4,7 @@ The order follows Hugging Face and vLLM: penalties on the raw logits, then
 temperature, then the top-k / top-p / min-p filters, then a draw from a seeded
 generator (one per sequence, so batched and single decoding pick the same tokens).
 `SequenceSampler` holds one sequence's state (generator, token counts for the
-penalties); the batch decoder and the serving engine keep one per row.
+penalties); the decoding engine (`microgpt.generate.Engine`) keeps one per row.
 Temperature 0 means greedy. Invalid values raise `ValueError` (pydantic's
 `ValidationError` is one) naming the field.
 

@@ -8,7 +8,7 @@ token costs a decode of two or three tokens, not of the whole output (which made
 long stream quadratic), and word-joining decoders (WordPiece's `##`, SentencePiece's
 leading space) still see the token before. Any tail that could still become a stop
 string is held back, so a stop string is never streamed, even in part. `complete` and `stream_text` drive
-`microgpt.generate.Decoder` with it.
+`microgpt.generate.Engine` in-process with it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from microgpt.generate import Backend, Decoder, FinishReason
+from microgpt.generate import Backend, FinishReason, Request, engine_for, params_per_prompt, stream
 from microgpt.model import GPT
 from microgpt.sampling import SamplingParams
 from microgpt.tokenizers import Tokenizer
@@ -98,20 +98,17 @@ def complete(
     backend: Backend = "eager",
 ) -> list[TextCompletion]:
     """Continue each prompt until EOS, a stop string or the token limit (batched)."""
-    per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-    per_row = [_with_eos(tokenizer, p) for p in per_row]
-    decoder = Decoder(model, _encode_prompts(tokenizer, prompts), per_row, backend=backend)
+    per_row = [_with_eos(tokenizer, p) for p in params_per_prompt(params, len(prompts))]
+    prompt_ids = _encode_prompts(tokenizer, prompts)
+    requests = [Request(ids, p, model.config) for ids, p in zip(prompt_ids, per_row)]
     streams = [TextStream(tokenizer, p.stop) for p in per_row]
-    while (chosen := decoder.step()) is not None:
-        for row, token in enumerate(chosen):
-            if token is not None:
-                streams[row].push(token)
-                if streams[row].stopped:
-                    decoder.finish(row, "stop")
-    return [
-        TextCompletion(s.text, r.tokens, r.finish_reason or "length")
-        for s, r in zip(streams, decoder.results)
-    ]
+    for _ in engine_for(model, requests, backend=backend).drain():
+        for request, text in zip(requests, streams):
+            for token in request.tokens[len(text.ids) :]:  # at most one new token a step
+                text.push(token)
+                if text.stopped:
+                    request.cancel("stop")
+    return [TextCompletion(s.text, r.tokens, r.finish_reason or "length") for s, r in zip(streams, requests)]
 
 
 def stream_text(
@@ -119,12 +116,9 @@ def stream_text(
 ) -> Iterator[str]:
     """Yield text deltas of one completion as tokens arrive."""
     params = _with_eos(tokenizer, params)
-    decoder = Decoder(model, _encode_prompts(tokenizer, [prompt]), params, backend=backend)
     text = TextStream(tokenizer, params.stop)
-    while (chosen := decoder.step()) is not None:
-        if chosen[0] is None:
-            continue
-        if delta := text.push(chosen[0]):
+    for token in stream(model, _encode_prompts(tokenizer, [prompt])[0], params, backend=backend):
+        if delta := text.push(token):
             yield delta
         if text.stopped:
             return

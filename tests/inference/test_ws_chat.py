@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from microgpt.serving.engine import BatchEngine
+from microgpt.generate import Engine
 
 TINY, SLOW = "tiny@production", "slow@production"
 pytestmark = pytest.mark.usefixtures("one_thread_session")
@@ -68,15 +68,15 @@ def hold_decoding_until_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
     The app runs in this process, so this makes "cancel arrives before the answer ends"
     certain, however fast decoding gets.
     """
-    decode = BatchEngine._decode
+    decode = Engine._decode
 
-    def held(engine: BatchEngine) -> None:
+    def held(engine: Engine) -> None:
         deadline = time.monotonic() + 30
-        while not all(r.handle.cancelled for r in engine._rows) and time.monotonic() < deadline:
+        while not all(r.request.cancelled for r in engine.rows) and time.monotonic() < deadline:
             time.sleep(0.001)
         decode(engine)
 
-    monkeypatch.setattr(BatchEngine, "_decode", held)
+    monkeypatch.setattr(Engine, "_decode", held)
 
 
 def test_cancel_ends_the_answer_and_the_socket_goes_on(base: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,7 +164,7 @@ def test_hostile_rows_neither_fail_nor_disturb_a_batch(
 def test_a_dead_scheduler_reports_why_and_refuses_new_requests(peaked_model: GPT) -> None:
     engine = BatchEngine(peaked_model, max_batch=2, backend="eager", name="doomed")
     engine.start()
-    engine.cache.k.clear()  # a fault inside the decode step itself (no layer caches left)
+    engine.core.cache.k.clear()  # a fault inside the decode step itself (no layer caches left)
     with pytest.raises(EngineError):
         list(engine.submit(PROMPT, WELL_BEHAVED[0]))
     assert isinstance(engine.failure, IndexError)

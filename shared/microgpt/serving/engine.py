@@ -8,25 +8,23 @@
     engine.stop()
 
 Design (vLLM's continuous batching at nanochat's scale; the engine speaks token ids):
-- One KV cache, preallocated for `max_batch` rows at the full context. Active requests
-  hold rows 0..n-1; when one retires, the last active row moves into its place (its cache
-  prefix copied), so a decode step always runs on the first n rows: one stream pays for
-  one row, not for `max_batch`.
-- A scheduler thread loops: retire finished and cancelled rows, admit waiting requests
-  into the free rows, then run ONE decode step for all active rows (the native C++ step
-  on CPU when the model allows, else eager) and choose each row's token with its own
-  `SamplingParams` and seeded generator. Requests join between steps; nobody waits for a
-  batch to drain.
+- The rows, prefill, decode step and token choice are `microgpt.generate.Engine`'s, the
+  one core that `generate()` drives in-process too; this module adds the thread, the
+  queue, admission, cancellation and the readers' handles (a `RequestHandle` is that
+  core's `Request`). Its KV cache is preallocated for `max_batch` rows at the full
+  context; active requests hold rows 0..n-1, so one stream pays for one row.
+- A scheduler thread loops: admit waiting requests into the free rows, then retire
+  finished and cancelled rows and run ONE decode step for all active rows (the native
+  C++ step on CPU when the model allows, else eager). Requests join between steps;
+  nobody waits for a batch to drain.
 - Admission: under the native step a short prompt (up to `feed_tokens`) rides along in
   the decode steps, one token a step, so admitting it costs the running streams nothing
   (a one-token prompt gets its first token from the very next step). Longer prompts are
   prefilled together by the eager model, right-padded, up to `prefill_tokens` padded
   tokens a step, which is cheaper than feeding them token by token.
-- Stop strings are the caller's (it decodes text, then cancels); `stop_token_ids` (EOS)
-  end a request here with finish_reason "stop" and are never emitted.
+- Stop strings are the caller's (it decodes text, then cancels).
 - Backpressure: at most `max_queue` requests wait, then `submit` raises `QueueFullError`
-  with a retry-after estimate. A prompt longer than the context is a `ValueError` worded
-  like OpenAI's; `max_new_tokens` is capped to the context left.
+  with a retry-after estimate. A bad prompt is a `ValueError` (`microgpt.generate.check_prompt`).
 - Failures: an error while choosing one row's token fails that request alone (its reader
   gets an `EngineError`); the other rows decode on. An error in the step itself stops the
   engine, fails every request, and leaves the cause in `failure`, so its owner can report
@@ -49,33 +47,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from microgpt.generate import Backend, activation_device_and_dtype, cache_dtype, make_decode_step
-from microgpt.kv_cache import KVCache
+from microgpt.config import GPTConfig
+from microgpt.generate import Backend, Engine, Request, TokenEvent, activation_device_and_dtype
 from microgpt.model import GPT
-from microgpt.native import NativeDecodeStep
-from microgpt.sampling import SamplingParams, SequenceSampler, token_logprobs
+from microgpt.sampling import SamplingParams
 from microgpt.serving.threads import TeamSizer
 
 log = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length", "cancelled"]
-MAX_LOGPROBS = 20  # OpenAI's limit on alternatives per token
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One step of one request. `token_id` is None only on an event that just ends the
-    stream: a stop token (never emitted), a cancellation, or `max_new_tokens=0`."""
-
-    token_id: int | None
-    logprob: float | None = None  # of token_id under the model's raw distribution, if asked
-    top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens, if asked
-    finish_reason: FinishReason | None = None  # set on the last event of a request
 
 
 class QueueFullError(Exception):
@@ -102,49 +85,32 @@ class EngineStats:
     backend: str
 
 
-class RequestHandle:
+class RequestHandle(Request):
     """One request's token events, readable from a thread (`for`) or a coroutine (`async for`).
 
     Leaving the loop early (break, an exception, a disconnected client's cancelled task)
     cancels the request, so its row is freed at the next step.
     """
 
-    def __init__(self, prompt: list[int], params: SamplingParams, logprobs: int | None, limit: int) -> None:
-        self.prompt, self.params, self.logprobs = prompt, params, logprobs
-        self.max_new_tokens = limit  # after capping to the context
-        self.prompt_tokens = len(prompt)
-        self.completion_tokens = 0
-        self.submitted_at = time.perf_counter()
+    def __init__(
+        self, prompt: Sequence[int], params: SamplingParams, config: GPTConfig, *, logprobs: int | None = None
+    ) -> None:
+        super().__init__(prompt, params, config, logprobs=logprobs)
         self.time_to_first_token: float | None = None  # seconds from submit to the first event
-        self.finish_reason: FinishReason | None = None
-        self._cancelled = False
         self._events: deque[TokenEvent] = deque()
         self._cond = threading.Condition()
         self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._woken = False  # a wake-up is on its way to the async readers: no need for another
-        self._error: BaseException | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None or self._error is not None
-
-    def cancel(self) -> None:
-        """Ask the engine to end this request; it frees the row at its next step."""
-        self._cancelled = True
 
     def __iter__(self) -> Iterator[TokenEvent]:
         finished = False
         try:
             while True:
                 with self._cond:
-                    while not self._events and self._error is None:
+                    while not self._events and self.error is None:
                         self._cond.wait()
                     if not self._events:
-                        raise EngineError(str(self._error)) from self._error
+                        raise EngineError(str(self.error)) from self.error
                     event = self._events.popleft()
                 yield event
                 if event.finish_reason is not None:
@@ -185,7 +151,7 @@ class RequestHandle:
         try:
             while True:
                 with self._cond:
-                    batch, error = list(self._events), self._error
+                    batch, error = list(self._events), self.error
                     self._events.clear()
                     if not batch:
                         wake.clear()  # under the lock: a later event sets it again
@@ -216,21 +182,19 @@ class RequestHandle:
 
     # --- called by the engine's thread ---
 
-    def _emit(self, event: TokenEvent) -> None:
+    def emit(self, event: TokenEvent) -> None:
         if self.time_to_first_token is None:
             self.time_to_first_token = time.perf_counter() - self.submitted_at
-        if event.token_id is not None:
-            self.completion_tokens += 1
-        if event.finish_reason is not None:
-            self.finish_reason = event.finish_reason
+        super().emit(event)
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
             self._wake()
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
+        """Hand the error to the reader (an `EngineError`), instead of raising it in the engine."""
         with self._cond:
-            self._error = error
+            self.error = error
             self._cond.notify_all()
             self._wake()
 
@@ -243,17 +207,6 @@ class RequestHandle:
         for loop, wake in self._wakers:
             with contextlib.suppress(RuntimeError):  # that event loop is closed; its reader is gone
                 loop.call_soon_threadsafe(wake.set)
-
-
-@dataclass
-class _Row:
-    """An admitted request: the cache row it holds is its index in `BatchEngine._rows`."""
-
-    handle: RequestHandle
-    sampler: SequenceSampler
-    length: int  # tokens in the cache
-    next_token: int  # the token to feed at the next decode step
-    prompt_left: deque[int] = field(default_factory=deque)  # prompt tokens still to feed after it
 
 
 def resolve_backend(model: GPT, backend: Backend | Literal["auto"]) -> Backend:
@@ -294,23 +247,17 @@ class BatchEngine:
         self.config = model.config
         self.name = name
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.device, _ = activation_device_and_dtype(model)
         self.backend = resolve_backend(model, backend)
-        self.feed_tokens = feed_tokens if self.backend == "native" else 0
         # The native step's team: 1 or `threads` (default torch's count), whichever is faster now.
-        self._team = TeamSizer(threads or torch.get_num_threads()) if self.backend == "native" else None
-        self._decode_step = make_decode_step(model, self.backend)
-        dtype = cache_dtype(model, self.backend)
-        self.cache = KVCache(self.config, max_batch, device=self.device, dtype=dtype)
-        self._rows: list[_Row] = []
-        self._view: KVCache | None = None  # `cache.rows` of the active rows, kept while their count holds
-        self._live = torch.ones(0, dtype=torch.long)
+        team = TeamSizer(threads or torch.get_num_threads()) if self.backend == "native" else None
+        self.core = Engine(
+            model, max_batch=max_batch, backend=self.backend, feed_tokens=feed_tokens, team=team, name=name
+        )
         self._queue: deque[RequestHandle] = deque()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._running = self._stopped = False
         self.failure: BaseException | None = None  # why the scheduler died, if it did
-        self._steps = self._prompt_tokens = self._generated = self._last_batch = 0
         self._mean_request_s = 1.0  # moving average, for Retry-After
 
     # --- public API ---
@@ -337,32 +284,17 @@ class BatchEngine:
         if thread is not None:
             thread.join()
         with self._lock:
-            leftover = [r.handle for r in self._rows] + list(self._queue)
-            self._rows.clear()
+            leftover = [*self.core.clear(), *self._queue]
             self._queue.clear()
-        for handle in leftover:
-            handle._emit(TokenEvent(None, finish_reason="cancelled"))
+        for request in leftover:
+            request.emit(TokenEvent(None, finish_reason="cancelled"))
 
     def submit(
         self, prompt_ids: Sequence[int], params: SamplingParams, *, logprobs: int | None = None
     ) -> RequestHandle:
         """Queue a request; its events arrive on the returned handle."""
-        prompt = [int(t) for t in prompt_ids]
-        block, vocab = self.config.block_size, self.config.vocab_size
-        if not prompt:
-            raise ValueError("the prompt is empty: give at least one token")
-        if len(prompt) > block:
-            raise ValueError(
-                f"This model's maximum context length is {block} tokens; your prompt has {len(prompt)} tokens"
-            )
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise ValueError(f"the prompt has token ids outside the vocabulary [0, {vocab})")
-        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {logprobs}")
-        # The last token chosen is never fed back, so a row holds prompt + new - 1 tokens.
-        handle = RequestHandle(prompt, params, logprobs, min(params.max_new_tokens, block - len(prompt) + 1))
-        if handle.max_new_tokens == 0:
-            handle._emit(TokenEvent(None, finish_reason="length"))
+        handle = RequestHandle(prompt_ids, params, self.config, logprobs=logprobs)
+        if handle.ends_at_once():
             return handle
         with self._lock:
             if self._stopped:
@@ -377,19 +309,20 @@ class BatchEngine:
     @property
     def running(self) -> int:
         """Requests decoding now (read without the lock: a hint, not a snapshot)."""
-        return len(self._rows)
+        return len(self.core.rows)
 
     @property
     def stats(self) -> EngineStats:
+        core = self.core
         with self._lock:
             return EngineStats(
-                running=len(self._rows),
+                running=len(core.rows),
                 queued=len(self._queue),
-                last_batch_size=self._last_batch,
+                last_batch_size=core.last_batch_size,
                 max_batch=self.max_batch,
-                steps=self._steps,
-                prompt_tokens=self._prompt_tokens,
-                generated_tokens=self._generated,
+                steps=core.steps,
+                prompt_tokens=core.prompt_tokens,
+                generated_tokens=core.generated_tokens,
                 backend=self.backend,
             )
 
@@ -401,38 +334,36 @@ class BatchEngine:
             with torch.inference_mode():
                 while True:
                     with self._lock:
-                        while self._running and not self._queue and not self._rows:
+                        while self._running and not self._queue and not self.core.rows:
                             self._lock.wait()
                         if not self._running:
                             return
                         admitted = self._admit()
                     if admitted:
-                        self._start(admitted)
-                    self._retire()
-                    if self._rows:
-                        self._decode()
-                    self._retire()
+                        self.core.submit(admitted)
+                    for request in self.core.step():
+                        elapsed = time.perf_counter() - request.submitted_at
+                        self._mean_request_s = 0.9 * self._mean_request_s + 0.1 * elapsed
         except BaseException as e:  # fail every request rather than leave its reader waiting
             log.exception("engine %s failed", self.name)
             with self._lock:
                 self._running, self._stopped = False, True
                 self.failure = e
-                rows = [r.handle for r in self._rows]
-                handles = rows + [h for h in admitted if h not in rows] + list(self._queue)
-                self._rows.clear()
+                rows = self.core.clear()
+                requests = rows + [h for h in admitted if h not in rows] + list(self._queue)
                 self._queue.clear()
-            for handle in handles:
-                handle._fail(e)
+            for request in requests:
+                request.fail(e)
 
     def _admit(self) -> list[RequestHandle]:
         """Waiting requests for the free rows, within the prefill budget (under the lock)."""
         admitted: list[RequestHandle] = []
         longest = 0
-        while self._queue and len(self._rows) + len(admitted) < self.max_batch:
+        while self._queue and len(admitted) < self.core.free_rows:
             handle = self._queue[0]
-            if handle.cancelled:
+            if handle.ending is not None:
                 self._queue.popleft()
-                handle._emit(TokenEvent(None, finish_reason="cancelled"))
+                handle.emit(TokenEvent(None, finish_reason=handle.ending))
                 continue
             width = max(longest, handle.prompt_tokens)
             if admitted and width * (len(admitted) + 1) > self.prefill_tokens:
@@ -440,109 +371,3 @@ class BatchEngine:
             longest = width
             admitted.append(self._queue.popleft())
         return admitted
-
-    def _start(self, handles: list[RequestHandle]) -> None:
-        """Give admitted requests rows: short prompts are fed through the decode steps, the rest prefilled."""
-        vocab = self.config.vocab_size
-        fed = [h for h in handles if h.prompt_tokens <= self.feed_tokens]
-        for h in fed:
-            sampler = SequenceSampler(h.params, h.prompt, vocab, self.device)
-            self._rows.append(_Row(h, sampler, 0, next_token=h.prompt[0], prompt_left=deque(h.prompt[1:])))
-        self._prompt_tokens += sum(h.prompt_tokens for h in fed)
-        if len(fed) < len(handles):
-            self._prefill([h for h in handles if h.prompt_tokens > self.feed_tokens])
-
-    def _prefill(self, handles: list[RequestHandle]) -> None:
-        """Prefill the admitted prompts together, into the rows after the active ones; pick first tokens."""
-        start, count = len(self._rows), len(handles)
-        view = self.cache.rows(start, count)
-        view.lengths.zero_()
-        width = max(h.prompt_tokens for h in handles)
-        idx = torch.zeros(count, width, dtype=torch.long)
-        for i, h in enumerate(handles):
-            idx[i, : h.prompt_tokens] = torch.tensor(h.prompt)
-        lengths = torch.tensor([h.prompt_tokens for h in handles], device=self.device)
-        view.fit_window(width)
-        hidden, _ = self.model.hidden(idx.to(self.device), kv_cache=view)
-        view.advance(lengths)
-        logits = self.model.lm_head(hidden[torch.arange(count, device=self.device), lengths - 1])
-        vocab = self.config.vocab_size
-        for h in handles:
-            sampler = SequenceSampler(h.params, h.prompt, vocab, self.device)
-            self._rows.append(_Row(h, sampler, h.prompt_tokens, next_token=0))
-        self._prompt_tokens += sum(h.prompt_tokens for h in handles)
-        self._choose(self._rows[start:], logits)
-
-    def _decode(self) -> None:
-        """One decode step for every active row that has not finished."""
-        n = len(self._rows)
-        if self._view is None or self._view.batch_size != n:  # rebuilt only when the batch resizes
-            self._view = self.cache.rows(0, n)
-            self._live = torch.ones(n, dtype=torch.long, device=self.device)
-        view = self._view
-        idx = torch.tensor([r.next_token for r in self._rows], device=self.device)[:, None]
-        view.fit_window(max(r.length for r in self._rows) + 1)
-        if self._team is None:
-            logits = self._decode_step(idx, view, self._live)
-        else:
-            assert isinstance(self._decode_step, NativeDecodeStep)  # only the native step has a team
-            size, started = self._team.pick(n), time.perf_counter()
-            logits = self._decode_step(idx, view, self._live, threads=size)
-            self._team.record(n, size, time.perf_counter() - started)
-        ready = []  # rows whose logits give their next token: all but those still feeding a prompt
-        for i, r in enumerate(self._rows):
-            r.length += 1
-            if r.prompt_left:
-                r.next_token = r.prompt_left.popleft()
-            else:
-                ready.append(i)
-        self._steps += 1
-        self._last_batch = n
-        if len(ready) == n:
-            self._choose(self._rows, logits)
-        elif ready:
-            self._choose([self._rows[i] for i in ready], logits[ready])
-
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Pick each row's next token from its logits (len(rows), V) and emit it."""
-        greedy = logits.argmax(-1).tolist() if all(r.sampler.plain_greedy for r in rows) else None
-        for i, row in enumerate(rows):
-            handle = row.handle
-            if handle.cancelled:
-                continue  # retired (with its "cancelled" event) by the next `_retire`
-            try:
-                token = greedy[i] if greedy is not None else row.sampler.choose(logits[i])
-                logprob, top = None, None
-                if handle.logprobs is not None:
-                    logprob, top = token_logprobs(logits[i], token, handle.logprobs)
-            except Exception as e:  # this request's problem: it fails, the batch decodes on
-                log.exception("engine %s: choosing a token failed for one request", self.name)
-                handle._fail(e)
-                continue  # retired by the next `_retire`
-            if token in handle.params.stop_token_ids:
-                handle._emit(TokenEvent(None, finish_reason="stop"))
-                continue
-            row.sampler.accept(token)
-            row.next_token = token
-            last = handle.completion_tokens + 1 >= handle.max_new_tokens
-            handle._emit(TokenEvent(token, logprob, top, "length" if last else None))
-            self._generated += 1
-
-    def _retire(self) -> None:
-        """Free the rows of finished and cancelled requests, moving the last active rows into them."""
-        for i in range(len(self._rows) - 1, -1, -1):
-            handle = self._rows[i].handle
-            if handle.cancelled and not handle.done:
-                handle._emit(TokenEvent(None, finish_reason="cancelled"))
-            if not handle.done:
-                continue
-            elapsed = time.perf_counter() - handle.submitted_at
-            self._mean_request_s = 0.9 * self._mean_request_s + 0.1 * elapsed
-            last = len(self._rows) - 1
-            if i != last:
-                self.cache.move_row(last, i, self._rows[last].length)
-                self._rows[i] = self._rows[last]
-            else:
-                self.cache.reset(last)
-            with self._lock:
-                self._rows.pop()
