@@ -12,7 +12,8 @@ and `/ws/chat` (which checks it itself, see `ws_chat`); `/healthz`, `/readyz` an
 stay public. Models in `MICROGPT_INFERENCE_MODELS` load in the background after start-up,
 after the native decode kernel is built (once per install, announced on stderr; see
 `microgpt.cpp`): `/healthz` answers at once, `/readyz` once the kernel is built, every
-start-up model has loaded (or failed, logged) and at least one model is serving. Each load is logged at INFO (ref, version, precision, seconds).
+start-up model has loaded (or failed, logged) and at least one model is serving. Each load
+is logged at INFO (ref, version, precision, seconds).
 """
 
 from __future__ import annotations
