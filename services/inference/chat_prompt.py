@@ -14,27 +14,33 @@ next user message, and consecutive user messages are joined into one line. The m
 (`microgpt.chat.render_segments`), so a model is prompted as it was trained. The
 conversation must end with a user message. The reply stops at EOS or the stop string
 `microgpt.chat.STOP` ("\\nUser:"), and loses the one space after "Assistant:", exactly as
-`microgpt chat` does. Unlike `microgpt chat`, nothing is trimmed: a conversation longer than
-the context is a 400, as OpenAI answers.
+`microgpt chat` does. Over REST nothing is trimmed: a conversation longer than the context
+is a 400, as OpenAI answers. The WebSocket chat, a conversation a person keeps typing into,
+drops its oldest turns to fit as `microgpt chat` does (`submission.fit_chat`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from microgpt.chat import STOP, render, to_turns
+from microgpt.chat import STOP, Turn, render, to_turns
 from microgpt.errors import Invalid
 from services.inference.schemas import ChatMessage
 
-__all__ = ["STOP", "render_messages"]
+__all__ = ["STOP", "chat_turns", "render_messages"]
 
 
-def render_messages(messages: Sequence[ChatMessage]) -> str:
-    """The prompt text (without BOS) of an OpenAI conversation; 400 if it does not end with the user."""
+def chat_turns(messages: Sequence[ChatMessage]) -> tuple[list[Turn], str]:
+    """An OpenAI conversation as the template's turns and the last user message; 400 if it does
+    not end with the user."""
     if messages[-1].role != "user":
         raise Invalid(
             "invalid_request",
             f"the last message must have the role 'user', not {messages[-1].role!r}",
         )
-    turns, user = to_turns((m.role, m.text()) for m in messages)
-    return render(turns, user)
+    return to_turns((m.role, m.text()) for m in messages)
+
+
+def render_messages(messages: Sequence[ChatMessage]) -> str:
+    """The prompt text (without BOS) of an OpenAI conversation; 400 if it does not end with the user."""
+    return render(*chat_turns(messages))

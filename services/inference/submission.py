@@ -15,12 +15,14 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from microgpt.chat import fit_turns, render
 from microgpt.sampling import SamplingParams
 from services.common.errors import ApiError
+from services.inference.chat_prompt import chat_turns
 from services.inference.generation import Delta, Generation, Outcome
 from services.inference.metrics import InferenceMetrics
 from services.inference.model_pool import LoadedModel
-from services.inference.schemas import Sampling, Usage
+from services.inference.schemas import ChatMessage, Sampling, Usage
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -55,25 +57,50 @@ def context_exceeded(model: LoadedModel, tokens: str) -> ApiError:
     )
 
 
-def refuse_surely_too_long(model: LoadedModel, text: str) -> None:
-    """Refuse a text far over the context after tokenizing only its beginning.
+def tokens_over(model: LoadedModel, text: str, limit: int) -> int | None:
+    """A token count over `limit` read from the beginning of a text far longer than that; else None.
 
     A prompt may be a megabyte (the body and frame limit) where the context is a few hundred
     tokens; tokenizing all of it to count would cost CPU the request cannot use. So a text
-    longer than PROBE_CHARS_PER_TOKEN characters per context token is probed: its beginning up
-    to a space. Every tokenizer here works per character or byte, or splits words at spaces
+    longer than PROBE_CHARS_PER_TOKEN characters per token of `limit` is probed: its beginning
+    up to a space. Every tokenizer here works per character or byte, or splits words at spaces
     before merging within them, so that beginning has no more tokens than the whole text;
-    if it already has more than the context, so has the whole.
+    if it already has more than `limit`, so has the whole.
     """
-    probe = model.max_model_len * PROBE_CHARS_PER_TOKEN
+    probe = limit * PROBE_CHARS_PER_TOKEN
     if len(text) <= probe:
-        return
+        return None
     cut = text.rfind(" ", 0, probe)
     if cut <= 0:
-        return  # one long word: only the whole text's count can tell
+        return None  # one long word: only the whole text's count can tell
     found = len(encode_text(model, text[:cut]))
-    if found > model.max_model_len:
+    return found if found > limit else None
+
+
+def refuse_surely_too_long(model: LoadedModel, text: str) -> None:
+    """Refuse a text far over the context after tokenizing only its beginning (`tokens_over`)."""
+    found = tokens_over(model, text, model.max_model_len)
+    if found is not None:
         raise context_exceeded(model, f"at least {found}")
+
+
+def fit_chat(model: LoadedModel, messages: Sequence[ChatMessage], max_tokens: int) -> tuple[str, int]:
+    """A conversation's prompt with its oldest turns dropped until the reply has room, and how many.
+
+    The room is `max_tokens`, at most half the context, as `microgpt chat` keeps it; counts are
+    exact (BOS included) but for a text far over the budget (`tokens_over`). A last message
+    that alone does not fit is the 400 any over-long prompt gets.
+    """
+    turns, user = chat_turns(messages)
+    budget = model.max_model_len - min(max_tokens, model.max_model_len // 2)
+
+    def count(text: str) -> int:
+        return tokens_over(model, text, budget) or len(encode_text(model, text))
+
+    dropped = fit_turns(turns, user, count, budget)
+    if dropped is None:
+        raise context_exceeded(model, str(count(render([], user))))
+    return render(turns[dropped:], user), dropped
 
 
 def encode_prompt(model: LoadedModel, prompt: str | Sequence[int]) -> list[int]:

@@ -7,18 +7,22 @@ an `invalid_frame` error included when the frame's JSON has a readable `id`):
             {"model": ..., "prompt": "plain text to continue", "params": {"max_tokens": 20, "temperature": 0}}
             {"type": "cancel"}                                    # ends the current answer
             {"type": "auth", "api_key": "..."}                    # first frame, when no header/query key
-    server: {"type": "start", "id", "model", "prompt_tokens"}
+    server: {"type": "start", "id", "model", "prompt_tokens", "dropped_turns"}
             {"type": "token", "id", "text", "token_ids"}          # one per text delta
-            {"type": "done", "id", "finish_reason", "text", "usage": {...},
+            {"type": "done", "id", "finish_reason", "text", "usage": {...}, "dropped_turns",
              "timings": {"ttft_s", "total_s", "tokens_per_s"}}  # finish_reason "cancelled" after a cancel
             {"type": "error", "id", "error": "<code>", "detail": "..."}  # the socket stays usable
 
 `params` takes the sampling fields of the OpenAI routes (n is 1). One answer streams at a time:
 a turn sent while one runs is an error event. `messages` use the chat template of
 `services.inference.chat_prompt`; `prompt` is a plain completion. Each turn is independent:
-the client sends the whole conversation, as with the REST API. Auth, when keys are configured:
-an `Authorization: Bearer` header, `?api_key=` in the URL (browsers cannot set headers on a
-WebSocket), or an auth frame first; a missing or wrong key is an error event, then close code 1008.
+the client sends the whole conversation, as with the REST API. A conversation that outgrows
+the context loses its oldest turns, whole, until the reply has room (`max_tokens`, at most
+half the context), as `microgpt chat` keeps it; `dropped_turns` says how many were left out.
+
+Auth, when keys are configured: an `Authorization: Bearer` header, `?api_key=` in the URL
+(browsers cannot set headers on a WebSocket), or an auth frame first; a missing or wrong key
+is an error event, then close code 1008.
 
 Limits are the REST API's: a frame over `inference_max_body_bytes` (1 MiB) is a `too_large`
 error event, then close code 1009 (`microgpt serve` also sets uvicorn's `ws_max_size`, which
@@ -41,13 +45,13 @@ from starlette.websockets import WebSocketDisconnect
 from microgpt.errors import DomainError
 from services.common.auth import check_bearer
 from services.common.errors import ApiError, as_api_error
-from services.inference.chat_prompt import STOP, render_messages
+from services.inference.chat_prompt import STOP
 from services.inference.deps import MetricsDep, PoolDep, SettingsDep
 from services.inference.generation import Generation
 from services.inference.metrics import InferenceMetrics
 from services.inference.model_pool import ModelPool
 from services.inference.schemas import WsAuth, WsCancel, WsFrame, WsGenerate
-from services.inference.submission import encode_prompt, submit_choices, usage
+from services.inference.submission import encode_prompt, fit_chat, submit_choices, usage
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["websocket"])
@@ -208,7 +212,12 @@ class ChatSocket:
             raise ApiError(400, "invalid_frame", "a turn needs exactly one of 'messages' and 'prompt'")
         started = time.perf_counter()
         async with self.pool.lease(frame.model) as model:
-            text = render_messages(frame.messages) if frame.messages is not None else frame.prompt or ""
+            dropped = 0
+            if frame.messages is not None:
+                reply_room = min(frame.params.max_tokens or self.max_tokens, self.max_tokens)
+                text, dropped = fit_chat(model, frame.messages, reply_room)
+            else:
+                text = frame.prompt or ""
             [generation] = submit_choices(
                 model,
                 self.metrics,
@@ -226,6 +235,7 @@ class ChatSocket:
                     "id": frame.id,
                     "model": model.id,
                     "prompt_tokens": generation.prompt_tokens,
+                    "dropped_turns": dropped,
                 }
             )
             parts: list[str] = []
@@ -244,6 +254,7 @@ class ChatSocket:
                     "finish_reason": generation.finish_reason,
                     "text": "".join(parts),
                     "usage": usage([generation]).model_dump(),
+                    "dropped_turns": dropped,
                     "timings": {
                         "ttft_s": generation.ttft,
                         "total_s": total,

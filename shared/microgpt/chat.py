@@ -112,6 +112,24 @@ def render_segments(turns: Sequence[Turn]) -> list[tuple[str, bool]]:
     return pieces
 
 
+def fit_turns(history: Sequence[Turn], user: str, count: Callable[[str], int], budget: int) -> int | None:
+    """How many of the oldest turns to drop so the prompt's token count fits `budget`: the fewest.
+
+    Found by bisection, a handful of counts however long the history (a prompt with fewer turns
+    never has more tokens); None when the new message alone does not fit.
+    """
+    if count(render([], user)) > budget:
+        return None
+    lo, hi = 0, len(history)  # dropping hi turns fits; find the smallest such
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(render(history[mid:], user)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def fit_prompt(
     history: Sequence[Turn], user: str, count: Callable[[str], int], budget: int
 ) -> tuple[str, int]:
@@ -120,10 +138,9 @@ def fit_prompt(
     Oldest turns go first, whole. If the new message alone is too long, its longest tail that
     fits is kept (all history dropped). A budget too small for the bare template is a ValueError.
     """
-    for dropped in range(len(history) + 1):
-        prompt = render(history[dropped:], user)
-        if count(prompt) <= budget:
-            return prompt, dropped
+    dropped = fit_turns(history, user, count, budget)
+    if dropped is not None:
+        return render(history[dropped:], user), dropped
     message = one_line(user)
     if count(render([], "")) > budget:
         raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +12,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from microgpt.chat import Turn, render
 from microgpt.generate import Engine
+from microgpt.loading import load_model
 
 TINY, SLOW = "tiny@production", "slow@production"
 pytestmark = pytest.mark.usefixtures("one_thread_session")
@@ -32,8 +35,9 @@ def events_until_done(ws: ClientConnection) -> list[dict[str, Any]]:
 
 def test_several_turns_over_one_socket(base: str) -> None:
     with connect(ws_url(base)) as ws:
-        chat = {"model": TINY, "id": "t1", "params": {"max_tokens": 16, "temperature": 0}}
-        ws.send(json.dumps({**chat, "messages": [{"role": "user", "content": "Who art thou?"}]}))
+        # short turns: tiny reads 64 tokens, and the second prompt holds the whole first turn
+        chat = {"model": TINY, "id": "t1", "params": {"max_tokens": 6, "temperature": 0}}
+        ws.send(json.dumps({**chat, "messages": [{"role": "user", "content": "Who?"}]}))
         first = events_until_done(ws)
         assert first[0]["type"] == "start" and first[0]["id"] == "t1" and first[0]["prompt_tokens"] > 0
         done = first[-1]
@@ -49,14 +53,14 @@ def test_several_turns_over_one_socket(base: str) -> None:
         assert json.loads(ws.recv(timeout=10))["error"] == "invalid_frame"
 
         follow_up = [
-            {"role": "user", "content": "Who art thou?"},
+            {"role": "user", "content": "Who?"},
             {"role": "assistant", "content": done["text"]},
-            {"role": "user", "content": "And whence?"},
+            {"role": "user", "content": "Why?"},
         ]
         ws.send(json.dumps({**chat, "id": "t2", "messages": follow_up}))
         second = events_until_done(ws)
         assert second[-1]["type"] == "done" and second[-1]["id"] == "t2"
-        assert second[0]["prompt_tokens"] > first[0]["prompt_tokens"]
+        assert second[0]["dropped_turns"] == 0 and second[0]["prompt_tokens"] > first[0]["prompt_tokens"]
 
         ws.send(json.dumps({"model": TINY, "id": "t3", "prompt": "ROMEO:", "params": {"max_tokens": 5}}))
         assert events_until_done(ws)[-1]["usage"]["completion_tokens"] <= 5
@@ -168,3 +172,36 @@ def test_rest_refuses_a_prompt_far_over_the_context_from_its_beginning(base: str
     response = httpx.post(f"{base}/v1/completions", json=body, timeout=30)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_long_conversation_drops_its_oldest_turns_over_ws_and_is_a_400_over_rest(
+    base: str, tiny_checkpoint: Path
+) -> None:
+    """tiny reads 64 tokens: with 8 kept for the reply, the fewest oldest turns go, whole."""
+    turns = [Turn(f"Hi {name}", "Yes") for name in "abcdefghijkl"]
+    messages = [
+        m
+        for t in turns
+        for m in ({"role": "user", "content": t.user}, {"role": "assistant", "content": t.assistant})
+    ]
+    messages.append({"role": "user", "content": "Go"})
+    params = {"max_tokens": 8, "temperature": 0}
+
+    rest = httpx.post(
+        f"{base}/v1/chat/completions", json={"model": TINY, "messages": messages, **params}, timeout=30
+    )
+    assert rest.status_code == 400 and rest.json()["error"]["code"] == "context_length_exceeded"
+
+    with connect(ws_url(base)) as ws:
+        ws.send(json.dumps({"model": TINY, "id": "long", "messages": messages, "params": params}))
+        events = events_until_done(ws)
+    start, done = events[0], events[-1]
+    assert done["type"] == "done" and start["dropped_turns"] == done["dropped_turns"]
+
+    tokenizer = load_model(tiny_checkpoint).tokenizer
+
+    def tokens(kept: int) -> int:
+        return len(tokenizer.encode(render(turns[len(turns) - kept :], "Go"), add_bos=True))
+
+    kept = len(turns) - done["dropped_turns"]
+    assert 0 < kept < len(turns) and start["prompt_tokens"] == tokens(kept) <= 64 - 8 < tokens(kept + 1)

@@ -1,6 +1,7 @@
 """Playground: WebSocket chat streamed token by token, completions with token probabilities, A/B runs.
 
-- Chat sends the whole conversation each turn over `/ws/chat` and writes tokens as they arrive;
+- Chat sends the whole conversation each turn over `/ws/chat` and writes tokens as they arrive
+  (the service leaves out the oldest turns that no longer fit the context, and says how many);
   pressing Stop reruns the page, which closes the stream, and the client cancels the answer on
   the server. The partial answer stays in the conversation, marked as stopped.
 - Completion takes every sampling setting of the API and shows each generated token coloured by
@@ -75,7 +76,8 @@ def chat(model: str, params: dict[str, Any]) -> None:
     with st.chat_message("user"):
         st.markdown(prompt)
     with st.chat_message("assistant"):
-        st.button("Stop", key="stop_chat", icon=":material/stop_circle:")  # a click reruns: the stream ends
+        stop = st.empty()  # a click reruns: the stream ends; emptied once the answer is over
+        stop.button("Stop", key="stop_chat", icon=":material/stop_circle:")
         parts: list[str] = []
         outcome: dict[str, Any] = {}
 
@@ -93,6 +95,7 @@ def chat(model: str, params: dict[str, Any]) -> None:
             with shown_errors("Chatting"):
                 st.write_stream(tokens())
         finally:  # also when Stop interrupts the stream: keep what arrived
+            stop.empty()
             timings = outcome.get("timings") or {}
             if outcome:
                 note = f"{outcome.get('finish_reason')} · {outcome['usage']['completion_tokens']} tokens"
@@ -100,6 +103,9 @@ def chat(model: str, params: dict[str, Any]) -> None:
                     note += (
                         f" · {timings['tokens_per_s']:.0f} tokens/s · TTFT {timings['ttft_s'] * 1000:.0f} ms"
                     )
+                if dropped := outcome.get("dropped_turns"):
+                    left_out = "the oldest turn" if dropped == 1 else f"the {dropped} oldest turns"
+                    note += f" · {left_out} left out to fit the context"
             else:
                 note = "stopped"
             if parts or outcome:
