@@ -136,7 +136,8 @@ def test_every_page_in_a_browser_a_job_with_a_growing_loss_chart_and_a_streamed_
 
     page.goto(ui + "/train")
     page.get_by_text("Submit job").wait_for()
-    page.get_by_label("Max steps (0: the preset's)").fill("400")
+    # long enough (~15 s on an idle core) that the job is still running when its page first draws
+    page.get_by_label("Max steps (0: the preset's)").fill("8000")
     page.get_by_label("Output model name (default: derived from the preset or base model)").fill(
         "browser-micro"
     )
