@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from prerequisites import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +23,7 @@ def shared_data() -> Path:
     env = os.environ.get("MICROGPT_SHARED_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not (path / "names.txt").is_file() or not (path / "tinyshakespeare.txt").is_file():
-        reason = f"the shared data sets are not at {path} (set MICROGPT_SHARED_DATA to their folder)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"the shared data sets are not at {path} (set MICROGPT_SHARED_DATA to their folder)")
     return path
 
 
@@ -43,10 +41,7 @@ def _server_url(var: str) -> str:
     laptop without it, a failure in CI, where nothing may be skipped."""
     url = os.environ.get(var)
     if not url:
-        reason = f"{var} is not set, so there is no server to test against (.ci/run exports it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{var} is not set, so there is no server to test against (.ci/run exports it)")
     return url
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from prerequisites import debian_tool
 
 from services.launch import SERVICES
 
@@ -25,12 +24,7 @@ def example_env() -> dict[str, str]:
 
 
 def compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        reason = "Debian's docker-compose is not installed (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    exe = debian_tool("docker-compose", "docker-compose")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MICROGPT_", "GRAFANA_"))}
     return subprocess.run(
         [exe, "-f", str(REPO / "docker-compose.yml"), "config"],
@@ -74,3 +68,17 @@ def test_prometheus_scrapes_each_service_on_its_port_and_grafana_has_the_dashboa
     for metric in set(re.findall(r"microgpt_\w+", exprs)):  # each one a family our services define
         family = re.sub(r"_(total|bucket)$", "", metric)
         assert family in sources or family.split("_", 2)[2] in sources, metric
+
+
+def test_compose_has_a_health_checked_ui_service_that_reaches_every_service() -> None:
+    example = example_env()
+    result = compose(example)
+    assert result.returncode == 0, result.stderr
+    ui = yaml.safe_load(result.stdout)["services"]["ui"]
+    assert ui["command"] == ["microgpt", "ui", "--host", "0.0.0.0"]
+    assert "8501" in str(ui["ports"]) and "/_stcore/health" in " ".join(ui["healthcheck"]["test"])
+    env = ui["environment"]
+    assert env["MICROGPT_REGISTRY_URL"] == "http://registry:8001"
+    assert env["MICROGPT_TRAINER_URL"] == "http://trainer:8002"
+    assert env["MICROGPT_INFERENCE_URL"] == "http://inference:8000"
+    assert env["MICROGPT_API_KEY"] == example["MICROGPT_API_KEY"]

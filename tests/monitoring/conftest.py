@@ -19,7 +19,8 @@ from types import ModuleType
 
 import pytest
 import yaml
-from prometheus_harness import DEPLOY, JOBS, TESTS, Prometheus, debian_tool
+from prerequisites import debian_tool
+from prometheus_harness import DEPLOY, JOBS, TESTS, Prometheus
 
 from microgpt.processes import child_server, free_port
 
@@ -50,7 +51,7 @@ def run_inference() -> Callable[..., AbstractContextManager[str]]:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    exe = debian_tool("prometheus")
+    exe = debian_tool("prometheus", "prometheus")
     root = tmp_path_factory.mktemp("prometheus")
     targets = root / "targets"
     targets.mkdir()

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from prometheus_harness import DEPLOY, REPO, debian_tool
+from prerequisites import debian_tool
+from prometheus_harness import DEPLOY, REPO
 
 RULES = DEPLOY / "prometheus" / "alerts.yml"
 UNIT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
@@ -16,7 +17,7 @@ UNIT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
 
 def promtool(*args: str | Path) -> str:
     result = subprocess.run(
-        [debian_tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=120
+        [debian_tool("promtool", "prometheus"), *map(str, args)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

@@ -7,14 +7,13 @@ is not a version. Now each is a 422 with the JSON error body, and the OpenAPI do
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+from prerequisites import debian_tool
 from registry_harness import error_of, serve
 
 from microgpt.settings import Settings
@@ -108,12 +107,7 @@ def test_docs_render_in_a_browser_that_reaches_nothing_but_the_registry(
     registry_settings: Callable[..., Settings],
 ) -> None:
     """Swagger UI draws every operation with every request off the registry refused, as offline."""
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        reason = "Debian's chromium is not installed (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    chromium = debian_tool("chromium", "chromium")
     from playwright.sync_api import sync_playwright
 
     with serve(registry_settings("sqlite-disk")) as registry, sync_playwright() as p:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prerequisites import debian_tool
 
 from microgpt.clients import TrainerClient
 from microgpt.processes import free_port
@@ -30,7 +30,6 @@ from microgpt.registry import RegistryClient
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("MICROGPT_SCREENSHOTS") or Path(tempfile.gettempdir()) / "microgpt-screenshots")
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.usefixtures("one_thread_session")
 
 
@@ -83,16 +82,12 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def browser_page() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        reason = "Debian's chromium is not installed (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    chromium = debian_tool("chromium", "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
