@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import GPT2, LLAMA, MICROGPT, transformers_checkpoint
+from tiny_models import GPT2, LLAMA, MICROGPT, transformers_checkpoint, transformers_greedy
 
 from microgpt.checkpoint import save_checkpoint
 from microgpt.cli import main
@@ -102,14 +102,7 @@ def test_generate_and_tokenizer_agree_with_ours(exported: tuple, one_thread: Non
         expected = greedy(model, ids, NEW_TOKENS)
         if tok.eos_id in expected:
             expected = expected[: expected.index(tok.eos_id) + 1]
-        with torch.inference_mode():
-            out = hf.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-            )
-        got = out[0, len(ids) :].tolist()
+        got = transformers_greedy(hf, ids, NEW_TOKENS)
         assert got == expected, f"{family}: {prompt!r}"
         known = [i for i in got if i < tok.vocab_size]  # a random model also emits ids past the vocab
         assert hf_tok.decode(known, skip_special_tokens=True) == tok.decode(known)

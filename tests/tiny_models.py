@@ -94,3 +94,17 @@ def transformers_checkpoint(arch: str, path: Path, tokenizer: HFTokenizer | None
         backend = type(tokenizer.backend).from_str(tokenizer.backend.to_str())  # transformers edits its own
         transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **specials).save_pretrained(path)
     return model
+
+
+def transformers_greedy(model: PreTrainedModel, ids: list[int], new_tokens: int) -> list[int]:
+    """transformers' own greedy continuation of `ids`: the new token ids only."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+        )
+    return out[0, len(ids) :].tolist()

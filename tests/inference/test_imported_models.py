@@ -14,8 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from tiny_models import transformers_checkpoint
+from tiny_models import transformers_checkpoint, transformers_greedy
 
 from microgpt.cli import main
 from microgpt.tokenizers import train_tokenizer
@@ -39,14 +38,7 @@ def test_an_imported_model_serves_the_greedy_tokens_of_transformers(  # noqa: AN
     with serve(inference_models=ref) as base:
         for prompt in PROMPTS:
             ids = tok.encode(prompt, add_bos=True)
-            with torch.inference_mode():
-                out = theirs.generate(
-                    torch.tensor([ids]),
-                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    max_new_tokens=NEW_TOKENS,
-                    do_sample=False,
-                )
-            expected = out[0, len(ids) :].tolist()
+            expected = transformers_greedy(theirs, ids, NEW_TOKENS)
             stopped = tok.eos_id in expected
             expected = expected[: expected.index(tok.eos_id)] if stopped else expected
             body = {"model": ref, "prompt": ids, "max_tokens": NEW_TOKENS, "temperature": 0, "logprobs": 0}
