@@ -5,7 +5,7 @@ runs) and it is in the OpenAPI document, where clients and fuzzers read it:
 
 - `SqlText`: PostgreSQL refuses a NUL character in text (`cannot contain NUL`, a 500 if it
   reaches the driver), so every string a route may write or look up is refused with 422 instead.
-- `SqlInt`, `SqlBigInt`: integers fit the column or the OFFSET they reach (INTEGER, BIGINT).
+- `MAX_INT`, `MAX_BIGINT`: the bounds of integers that reach an INTEGER column or an OFFSET.
 - `RequestModel`: a request body is validated strictly, so `false` is not the integer 0 and
   `0` is not the boolean false, and unknown fields are refused. Its integers are `JsonInt`:
   JSON Schema counts `3.0` as an integer, so it is one here too (but `true` is not).
@@ -33,8 +33,6 @@ def _integral_float_as_int(value: object) -> object:
 AS_INT = BeforeValidator(_integral_float_as_int)
 JsonInt = Annotated[int, AS_INT]
 SqlText = Annotated[str, Field(pattern=NO_NUL)]
-SqlInt = Annotated[int, Field(ge=-MAX_INT - 1, le=MAX_INT), AS_INT]
-SqlBigInt = Annotated[int, Field(ge=-MAX_BIGINT - 1, le=MAX_BIGINT), AS_INT]
 
 
 class RequestModel(BaseModel):

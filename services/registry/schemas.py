@@ -28,24 +28,12 @@ MAX_PATH_DEPTH = 4
 Status = Literal["pending", "ready", "failed"]
 
 
-def check_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name):
-        raise ValueError(f"model name {name!r} must match {NAME_RE.pattern}")
-    return name
-
-
 def check_alias(alias: str) -> str:
     if not ALIAS_RE.fullmatch(alias) or alias in RESERVED_ALIASES:
         raise ValueError(
             f"alias {alias!r} must match {ALIAS_RE.pattern} and not be one of {sorted(RESERVED_ALIASES)}"
         )
     return alias
-
-
-def check_tag(tag: str) -> str:
-    if not TAG_RE.fullmatch(tag):
-        raise ValueError(f"tag {tag!r} must match {TAG_RE.pattern}")
-    return tag
 
 
 def check_sha256(digest: str) -> str:
@@ -72,17 +60,14 @@ def check_artifact_path(path: str) -> str:
 _SEGMENTS = rf"{_PATH_SEGMENT.pattern}(?:/{_PATH_SEGMENT.pattern}){{0,{MAX_PATH_DEPTH - 1}}}"
 Name = Annotated[str, Field(pattern=anchored(NAME_RE), description="model name")]
 Tag = Annotated[str, Field(pattern=anchored(TAG_RE))]
-AliasName = Annotated[str, Field(pattern=anchored(ALIAS_RE))]
 Ref = Annotated[str, Field(pattern=anchored(REF_RE), description="`name`, `name/3` or `name@alias`")]
 Sha256 = Annotated[str, Field(pattern=anchored(SHA256_RE))]
 ArtifactPath = Annotated[str, Field(pattern=f"^{_SEGMENTS}$", max_length=255)]
-VersionSelector = Annotated[
-    str,
-    Field(
-        pattern=f"^(?:{VERSION_NUMBER_RE.pattern}|{ALIAS_RE.pattern})$",
-        description="a version number, an alias, or `latest` (newest ready)",
-    ),
-]
+VERSION_SELECTOR = dict(
+    pattern=f"^(?:{VERSION_NUMBER_RE.pattern}|{ALIAS_RE.pattern})$",
+    description="a version number, an alias, or `latest` (newest ready)",
+)
+VersionSelector = Annotated[str, Field(**VERSION_SELECTOR)]
 ONLY_PATTERN_KEYS = {"additionalProperties": False}  # pydantic documents key patterns, not that they are all
 Metrics = Annotated[dict[Tag, float], Field(json_schema_extra=ONLY_PATTERN_KEYS)]
 MetricBoundText = Annotated[str, Field(pattern=anchored(METRIC_BOUND_RE))]

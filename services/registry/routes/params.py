@@ -12,7 +12,7 @@ from services.registry.schemas import (
     ALIAS_RE,
     NAME_RE,
     TAG_RE,
-    VERSION_NUMBER_RE,
+    VERSION_SELECTOR,
     VersionRef,
     anchored,
 )
@@ -22,13 +22,7 @@ NamePath = Annotated[str, Path(pattern=anchored(NAME_RE), description="model nam
 
 def _ref(
     name: NamePath,
-    version: Annotated[
-        str,
-        Path(
-            pattern=f"^(?:{VERSION_NUMBER_RE.pattern}|{ALIAS_RE.pattern})$",
-            description="a version number, an alias, or `latest` (newest ready)",
-        ),
-    ],
+    version: Annotated[str, Path(**VERSION_SELECTOR)],
 ) -> VersionRef:
     try:
         return VersionRef.in_model(name, version)
@@ -36,12 +30,8 @@ def _ref(
         raise ApiError(422, "validation_error", str(e)) from None
 
 
-def _name(name: NamePath) -> str:
-    return name
-
-
 VersionRefDep = Annotated[VersionRef, Depends(_ref)]
-NameDep = Annotated[str, Depends(_name)]
+NameDep = NamePath
 AliasPath = Annotated[
     str, Path(pattern=anchored(ALIAS_RE), description="an alias such as `production` (not `latest`)")
 ]
