@@ -118,9 +118,9 @@ def validate_spec(spec: JobSpec, datasets: FindsDatasets, registry: ResolvesVers
             ref = PRESETS[preset_name].train.dataset if preset_name else None
             if ref is None:
                 raise invalid(["dataset"], f"preset {preset_name!r} names no data set; give one")
-        dataset, dataset_sha256, dataset_name = _resolve_dataset(datasets, ref)
+        dataset, dataset_sha256, dataset_name, upload_format = _resolve_dataset(datasets, ref)
         if spec.kind == "sft" or tasks:
-            _check_conversations(datasets, ref)
+            _check_conversations(ref, upload_format)
     if spec.evaluate is not None:
         _check_evaluate(spec.evaluate, dataset)
 
@@ -232,8 +232,9 @@ def train_overrides(spec: JobSpec) -> dict[str, Any]:
     return {**SFT_SETTINGS, **spec.train}
 
 
-def _check_conversations(datasets: FindsDatasets, ref: str) -> None:
-    """SFT and task evaluations read conversations: the built-in chat, or an upload of format messages."""
+def _check_conversations(ref: str, upload_format: str | None) -> None:
+    """SFT and task evaluations read conversations: the built-in chat, or an upload of format messages
+    (`upload_format` is None for a built-in)."""
     from microgpt.data.builtin import DATASETS
 
     if ref in DATASETS:
@@ -242,8 +243,7 @@ def _check_conversations(datasets: FindsDatasets, ref: str) -> None:
                 ["dataset"], f"{ref!r} is not conversations; use {CHAT_DATASET!r} or a messages upload"
             )
         return
-    found = datasets.find_dataset(ref)
-    if getattr(found, "format", None) != "messages":
+    if upload_format != "messages":
         raise invalid(["dataset"], f"{ref!r} was not uploaded as conversations (format=messages)")
 
 
@@ -288,16 +288,17 @@ def lora_config(spec: JobSpec) -> Any:
     return LoRAConfig(rank=spec.lora.rank, alpha=alpha, **extra)
 
 
-def _resolve_dataset(datasets: FindsDatasets, ref: str) -> tuple[str, str | None, str]:
-    """The data set's id (or built-in name), its sha256 when known now, and its name."""
+def _resolve_dataset(datasets: FindsDatasets, ref: str) -> tuple[str, str | None, str, str | None]:
+    """The data set's id (or built-in name), its sha256 when known now, its name, and the format it
+    was uploaded in (None for a built-in)."""
     from microgpt.data.builtin import DATASETS
 
     if ref in DATASETS:
-        return ref, None, ref
+        return ref, None, ref, None
     found = datasets.find_dataset(ref)
     if found is None:
         raise invalid(
             ["dataset"],
             f"no data set {ref!r}: neither a built-in ({', '.join(DATASETS)}) nor uploaded (POST /datasets)",
         )
-    return found.id, found.sha256, found.name
+    return found.id, found.sha256, found.name, found.format

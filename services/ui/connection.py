@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import streamlit as st
 
 from microgpt.clients import InferenceClient, TrainerClient
-from microgpt.clients.http import first_api_key
 from microgpt.registry import RegistryClient
 from microgpt.settings import get_settings
 
@@ -41,4 +40,4 @@ def _clients(
 def clients() -> Clients:
     """The clients for the current settings (`MICROGPT_*_URL`, `MICROGPT_API_KEY`)."""
     s = get_settings()
-    return _clients(s.registry_url, s.trainer_url, s.inference_url, first_api_key(s), str(s.cache))
+    return _clients(s.registry_url, s.trainer_url, s.inference_url, s.client_api_key(), str(s.cache))

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from microgpt.clients.trainer import KINDS, TERMINAL, Job, MetricPoint
+from microgpt.clients.trainer import KINDS, TERMINAL, Job, LogLine, MetricPoint
 from services.ui.charts import line_chart, metric_frame
 from services.ui.connection import clients
 from services.ui.errors import shown_errors
@@ -59,6 +59,14 @@ def new_points(job_id: str) -> list[MetricPoint]:
         cache["points"][(p.step, p.kind)] = p
         cache["last"] = max(cache["last"] or 0, p.step)
     return sorted(cache["points"].values(), key=lambda p: (p.step, p.kind))
+
+
+def log_tail(job_id: str) -> list[LogLine]:
+    """The job's last LOG_TAIL log lines; only the lines after the cached last one are fetched."""
+    tail: list[LogLine] = st.session_state.setdefault(f"logs:{job_id}", [])
+    tail += clients().trainer.logs(job_id, after=tail[-1].id if tail else 0, limit=10_000)
+    del tail[:-LOG_TAIL]
+    return tail
 
 
 def charts(points: list[MetricPoint]) -> None:
@@ -117,7 +125,7 @@ def job_view(job_id: str) -> None:
                 st.markdown(pushed)
             charts(new_points(job_id))
             st.markdown("**Log**")
-            lines = c.trainer.logs(job_id, limit=10_000)[-LOG_TAIL:]
+            lines = log_tail(job_id)
             st.code(
                 "\n".join(f"{x.at:%H:%M:%S} {x.level:<7} {x.message}" for x in lines) or "(no log lines yet)"
             )

@@ -20,6 +20,7 @@ from microgpt.export.formats import FORMATS, QUANTS
 from microgpt.run_config import parse_set_overrides
 from services.ui.connection import clients
 from services.ui.errors import explain, shown_errors
+from services.ui.models import registry_refs
 
 ERRORS = "train_form_errors"  # session state: {field: message} of the last refused submission
 
@@ -47,16 +48,6 @@ def field_error(*fields: str) -> None:
     for path, message in st.session_state.get(ERRORS, {}).items():
         if path in fields or any(path.startswith(f + ".") for f in fields):
             st.error(f"`{path}`: {message}", icon=":material/error:")
-
-
-def model_refs() -> list[str]:
-    """`name@alias` and `name/N` refs of the registry's models, for the base-model pickers."""
-    refs: list[str] = []
-    for model in clients().registry.list_models(limit=200):
-        refs += [f"{model['name']}@{alias}" for alias in sorted(model.get("aliases", {}))]
-        if model.get("latest_version"):
-            refs.append(f"{model['name']}/{model['latest_version']}")
-    return refs
 
 
 def dataset_options() -> list[str]:
@@ -232,5 +223,5 @@ upload_box()
 refs: list[str] = []
 if kind != "train":
     with shown_errors("Listing the registry's models"):
-        refs = model_refs()
+        refs = registry_refs()
 job_form(kind, preset_labels(), dataset_options(), refs)
