@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import prometheus_client
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.pool, app.state.metrics = settings, pool, metrics
     app.state.kernels_ready = False
     app.state.models_preloaded = False
+    app.state.interpret_limiter = anyio.CapacityLimiter(1)
 
     install_error_handlers(app)
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from microgpt import interpret
+from microgpt.interpret.cache import ActivationCache, encode
 from microgpt.model import GPT
 from microgpt.tokenizers import Tokenizer
 from services.common.errors import ApiError
-from services.inference.deps import PoolDep
+from services.inference.deps import InterpretLimiterDep, PoolDep
 from services.inference.schemas import InterpretRequest, InterpretResponse
 
 router = APIRouter(tags=["interpret"])
@@ -56,19 +57,25 @@ def check_work(body: InterpretRequest, model: GPT, tokenizer: Tokenizer) -> None
         raise invalid(f"heads: 2 * seq_len ({2 * body.seq_len}) exceeds the context of {cfg.block_size}")
 
 
+ONE_PASS = {"tokens", "attention", "lens", "attribution"}  # readouts of one cached forward pass
+
+
 def run_analyses(body: InterpretRequest, model: GPT, tokenizer: Tokenizer) -> dict[str, Any]:
-    """The reports asked for (runs in a worker thread)."""
+    """The reports asked for (runs in a worker thread); the readouts share one forward pass."""
     out: dict[str, Any] = {}
+    seen: str | ActivationCache = body.text
+    if ONE_PASS.intersection(body.analyses):
+        seen = interpret.run_with_cache(model, encode(tokenizer, body.text, model))
     for analysis in body.analyses:
         if analysis == "tokens":
-            out[analysis] = interpret.tokens(model, tokenizer, body.text, top_k=body.top_k)
+            out[analysis] = interpret.tokens(model, tokenizer, seen, top_k=body.top_k)
         elif analysis == "attention":
-            out[analysis] = interpret.attention(model, tokenizer, body.text)
+            out[analysis] = interpret.attention(model, tokenizer, seen)
         elif analysis == "lens":
-            out[analysis] = interpret.logit_lens(model, tokenizer, body.text)
+            out[analysis] = interpret.logit_lens(model, tokenizer, seen)
         elif analysis == "attribution":
             out[analysis] = interpret.attribution(
-                model, tokenizer, body.text, target=body.target, position=body.position
+                model, tokenizer, seen, target=body.target, position=body.position
             )
         elif analysis == "patch":
             assert body.corrupted is not None  # check_work refused it otherwise
@@ -84,17 +91,10 @@ def run_analyses(body: InterpretRequest, model: GPT, tokenizer: Tokenizer) -> di
     return out
 
 
-def limiter(request: Request) -> anyio.CapacityLimiter:
-    """One interpret request at a time per app: each may use every core for a moment."""
-    state = request.app.state
-    if getattr(state, "interpret_limiter", None) is None:
-        state.interpret_limiter = anyio.CapacityLimiter(1)
-    limiter: anyio.CapacityLimiter = state.interpret_limiter
-    return limiter
-
-
 @router.post("/v1/interpret", response_model=InterpretResponse, response_model_exclude_none=True)
-async def interpret_text(body: InterpretRequest, request: Request, pool: PoolDep) -> InterpretResponse:
+async def interpret_text(
+    body: InterpretRequest, pool: PoolDep, limiter: InterpretLimiterDep
+) -> InterpretResponse:
     """Attention, per-token loss, the logit lens, attribution, patching, head scores or embeddings.
 
     Analyses not asked for are left out of the response. Errors are 400 `invalid_request`
@@ -104,9 +104,7 @@ async def interpret_text(body: InterpretRequest, request: Request, pool: PoolDep
         model, tokenizer = loaded.serving.model, loaded.tokenizer
         try:
             check_work(body, model, tokenizer)
-            reports = await anyio.to_thread.run_sync(
-                run_analyses, body, model, tokenizer, limiter=limiter(request)
-            )
+            reports = await anyio.to_thread.run_sync(run_analyses, body, model, tokenizer, limiter=limiter)
         except ValueError as e:  # text the tokenizer cannot encode; what microgpt.interpret refuses
             raise invalid(str(e)) from None
     return InterpretResponse(model=loaded.id, **reports)

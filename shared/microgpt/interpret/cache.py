@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from microgpt.generate import activation_device_and_dtype
 from microgpt.model import GPT, Block
 from microgpt.tokenizers import Tokenizer
 
@@ -65,7 +66,7 @@ def encode(tokenizer: Tokenizer, text: str | Sequence[int], model: GPT) -> torch
     vocab = model.config.vocab_size
     if not all(0 <= i < vocab for i in ids):
         raise ValueError(f"token ids must be in [0, {vocab})")
-    return torch.tensor(ids, dtype=torch.long, device=model_device(model))
+    return torch.tensor(ids, dtype=torch.long, device=activation_device_and_dtype(model)[0])
 
 
 def token_string(tokenizer: Tokenizer, token_id: int) -> str:
@@ -92,21 +93,9 @@ def token_strings(tokenizer: Tokenizer, ids: Sequence[int] | torch.Tensor) -> li
     return [token_string(tokenizer, int(i)) for i in ids]
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def blocks(model: GPT) -> list[Block]:
     """The model's blocks as a list (`model.blocks` iterates as `Block`s)."""
     return list(model.blocks)
-
-
-def model_dtype(model: GPT) -> torch.dtype:
-    """The dtype activations flow in (a quantized model's float parts, e.g. its norms)."""
-    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
-    return floats[0] if floats else torch.float32
 
 
 @torch.no_grad()
@@ -177,7 +166,7 @@ def run_with_cache(model: GPT, ids: torch.Tensor) -> ActivationCache:
 @torch.no_grad()
 def unembed(model: GPT, resid: torch.Tensor) -> torch.Tensor:
     """Logits (.., V) of residual-stream vectors (.., C): the final norm, then the LM head."""
-    x = resid.to(model_dtype(model))
+    x = resid.to(activation_device_and_dtype(model)[1])
     if model.norm_f is not None:
         x = model.norm_f(x)
     return model.lm_head(x).float()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from microgpt.interpret.cache import model_device, token_strings
+from microgpt.generate import activation_device_and_dtype
+from microgpt.interpret.cache import token_strings
 from microgpt.interpret.schemas import EmbeddingPoint, EmbeddingsReport
 from microgpt.model import GPT
 from microgpt.tokenizers import Tokenizer
@@ -16,7 +17,7 @@ def embeddings(model: GPT, tokenizer: Tokenizer, *, limit: int = 1000) -> Embedd
     if limit < 3:
         raise ValueError(f"limit must be >= 3, got {limit}")
     n = min(limit, model.config.vocab_size)
-    ids = torch.arange(n, device=model_device(model))
+    ids = torch.arange(n, device=activation_device_and_dtype(model)[0])
     x = model.wte(ids).float()
     x = x - x.mean(0)
     _, s, v = torch.linalg.svd(x, full_matrices=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from microgpt.interpret.cache import model_device
+from microgpt.generate import activation_device_and_dtype
 from microgpt.interpret.readouts import attention_entropy
 from microgpt.interpret.schemas import HeadsReport
 from microgpt.model import GPT
@@ -29,7 +29,7 @@ def repeated_patterns(model: GPT, *, seq_len: int, batch: int, seed: int) -> tor
         raise ValueError(f"2 * seq_len ({2 * seq_len}) exceeds the context of {model.config.block_size}")
     gen = torch.Generator().manual_seed(seed)
     half = torch.randint(model.config.vocab_size, (batch, seq_len), generator=gen)
-    ids = torch.cat([half, half], dim=1).to(model_device(model))
+    ids = torch.cat([half, half], dim=1).to(activation_device_and_dtype(model)[0])
     was_training = model.training
     model.eval()
     try:

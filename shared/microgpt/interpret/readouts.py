@@ -5,7 +5,8 @@ attention patterns, the logit lens and direct logit attribution.
     report = logit_lens(model, tokenizer, "ROMEO: But soft")
 
 Each function takes text (or token ids), runs `run_with_cache` once and returns a
-pydantic report (see `schemas`). Losses are in nats, surprisal in bits.
+pydantic report (see `schemas`); given an `ActivationCache` instead, several of them share
+one forward pass. Losses are in nats, surprisal in bits.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from collections.abc import Sequence
 
 import torch
 
+from microgpt.generate import activation_device_and_dtype
 from microgpt.interpret.cache import (
     ActivationCache,
     blocks,
     encode,
     linear_map,
-    model_dtype,
     run_with_cache,
     token_id,
     token_string,
@@ -40,16 +41,23 @@ from microgpt.tokenizers import Tokenizer
 Text = str | Sequence[int]
 
 
+def cached(model: GPT, tokenizer: Tokenizer, text: Text | ActivationCache) -> ActivationCache:
+    """The activations of `text`: the cache itself when given one, else one forward pass."""
+    if isinstance(text, ActivationCache):
+        return text
+    return run_with_cache(model, encode(tokenizer, text, model))
+
+
 def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (T-1,) of each true next token under logits (T, V)."""
     return torch.nn.functional.cross_entropy(logits[:-1].float(), ids[1:], reduction="none")
 
 
-def tokens(model: GPT, tokenizer: Tokenizer, text: Text, *, top_k: int = 5) -> TokensReport:
+def tokens(model: GPT, tokenizer: Tokenizer, text: Text | ActivationCache, *, top_k: int = 5) -> TokensReport:
     """Per-position loss and surprisal of the true next token, and the model's top-k guesses."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    cache = run_with_cache(model, encode(tokenizer, text, model))
+    cache = cached(model, tokenizer, text)
     probs = cache.logits.softmax(-1)
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     loss: list[float | None] = [*next_token_loss(cache.logits, cache.ids).tolist(), None]
@@ -75,9 +83,9 @@ def attention_entropy(patterns: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
 
 
-def attention(model: GPT, tokenizer: Tokenizer, text: Text) -> AttentionReport:
+def attention(model: GPT, tokenizer: Tokenizer, text: Text | ActivationCache) -> AttentionReport:
     """Attention probabilities of every head, [layer][head][query][key]."""
-    cache = run_with_cache(model, encode(tokenizer, text, model))
+    cache = cached(model, tokenizer, text)
     return AttentionReport(
         tokens=token_strings(tokenizer, cache.ids),
         patterns=[p.tolist() for p in cache.patterns],
@@ -90,9 +98,9 @@ def lens_logits(model: GPT, cache: ActivationCache) -> torch.Tensor:
     return unembed(model, torch.stack(cache.resid))
 
 
-def logit_lens(model: GPT, tokenizer: Tokenizer, text: Text) -> LensReport:
+def logit_lens(model: GPT, tokenizer: Tokenizer, text: Text | ActivationCache) -> LensReport:
     """Each layer's top-1 token, and the probability and rank of the true next token."""
-    cache = run_with_cache(model, encode(tokenizer, text, model))
+    cache = cached(model, tokenizer, text)
     probs = lens_logits(model, cache).softmax(-1)  # (L+1, T, V)
     top_prob, top_id = probs.max(-1)
     nxt = cache.ids[1:]
@@ -110,7 +118,12 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, text: Text) -> LensReport:
 
 @torch.no_grad()
 def attribution(
-    model: GPT, tokenizer: Tokenizer, text: Text, *, target: str | int | None = None, position: int = -1
+    model: GPT,
+    tokenizer: Tokenizer,
+    text: Text | ActivationCache,
+    *,
+    target: str | int | None = None,
+    position: int = -1,
 ) -> AttributionReport:
     """Direct logit attribution of the embedding, each head and each MLP to `target`'s logit at `position`.
 
@@ -120,7 +133,7 @@ def attribution(
     None for the model's own top guess at `position`.
     """
     cfg = model.config
-    cache = run_with_cache(model, encode(tokenizer, text, model))
+    cache = cached(model, tokenizer, text)
     T = cache.ids.shape[0]
     if not -T <= position < T:
         raise ValueError(f"position {position} is outside the text's {T} tokens")
@@ -141,7 +154,8 @@ def attribution(
         scale = 1.0 / ((x.square().mean() + norm.eps).sqrt())
         gain = norm.weight.float() if norm.weight is not None else gain
         offset = norm.bias.float() if norm.bias is not None else offset
-    w_u, _ = linear_map(model.lm_head, cfg.n_embd, final.to(model_dtype(model)))
+    dtype = activation_device_and_dtype(model)[1]
+    w_u, _ = linear_map(model.lm_head, cfg.n_embd, final.to(dtype))
     direction = gain * w_u[:, target_id] * scale  # (C,)
 
     def through(v: torch.Tensor) -> float:
@@ -151,7 +165,7 @@ def attribution(
     heads, mlps = [], []
     bias = float(offset @ w_u[:, target_id])
     for layer, block in enumerate(blocks(model)):
-        w_o, b_o = linear_map(block.attn.proj, cfg.n_head * cfg.head_size, final.to(model_dtype(model)))
+        w_o, b_o = linear_map(block.attn.proj, cfg.n_head * cfg.head_size, final.to(dtype))
         z = cache.head_z[layer][pos]  # (H, D)
         w_heads = w_o.view(cfg.n_head, cfg.head_size, cfg.n_embd)
         heads.append([through(z[h] @ w_heads[h]) for h in range(cfg.n_head)])
