@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from microgpt.export import export_checkpoint
-from microgpt.export.cli import source_path
 from microgpt.export.gguf import open_in_llama_cpp
 from microgpt.export.hf_import import import_hf
+from microgpt.model_source import checkpoint_path
 from microgpt.settings import get_settings
 from microgpt.train.loop import train
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for the exports (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="microgpt-example-") as tmp:
-        src = source_path(args.model) if args.model else quick_model(Path(tmp) / "run")
+        src = checkpoint_path(args.model) if args.model else quick_model(Path(tmp) / "run")
         run(src, args.out or Path(tmp) / "exports")
 
 

@@ -11,34 +11,16 @@ ValueErrors, which `microgpt.cli` prints as one line with exit code 2.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from microgpt.export.formats import FORMATS, QUANTS
-
-
-def source_path(checkpoint: str) -> Path:
-    """A local checkpoint directory, or a registry ref (name, name@alias, name/3) pulled first."""
-    path = Path(checkpoint)
-    if path.exists() or not _looks_like_ref(checkpoint):
-        return path
-    from microgpt.registry.client import RegistryClient
-    from microgpt.settings import get_settings
-
-    with RegistryClient.from_settings(get_settings()) as client:
-        return Path(client.pull(checkpoint))
-
-
-def _looks_like_ref(text: str) -> bool:
-    """name, name@alias or name/N: one separator at most, before a version number; no leading dot."""
-    name, _, version = text.partition("/")
-    return bool(name) and not name.startswith(".") and (not version or version.isdigit())
+from microgpt.model_source import checkpoint_path
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from microgpt.export import export_checkpoint
 
     done = export_checkpoint(
-        source_path(args.checkpoint),
+        checkpoint_path(args.checkpoint),
         args.out,
         args.format,
         quant=args.quant,

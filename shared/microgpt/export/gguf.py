@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microgpt.config import GPTConfig
-from microgpt.export.formats import QUANTS
+from microgpt.export.formats import QUANTS, missing_features
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,27 +40,12 @@ if TYPE_CHECKING:
     from microgpt.tokenizers import Tokenizer
 
 GGUF_FILE = "model.gguf"
-_NEEDS = {  # (field, value it must have, what a mismatch is called) per architecture
-    "gpt2": [
-        ("norm", "layernorm", "RMSNorm"),
-        ("embed_norm", False, "a norm after the embedding"),
-        ("final_norm", True, "no final norm"),
-        ("qk_norm", False, "qk-norm"),
-    ],
-    "llama": [
-        ("norm", "rmsnorm", "LayerNorm"),
-        ("mlp", "swiglu", "a non-SwiGLU MLP"),
-        ("embed_norm", False, "a norm after the embedding"),
-        ("final_norm", True, "no final norm"),
-        ("qk_norm", False, "qk-norm"),
-    ],
-}
 
 
 def gguf_architecture(cfg: GPTConfig) -> str:
     """ "gpt2" or "llama", or a ValueError naming every feature llama.cpp's match lacks."""
     arch = "gpt2" if cfg.position == "learned" else "llama"
-    missing = [why for field, value, why in _NEEDS[arch] if getattr(cfg, field) != value]
+    missing = missing_features(cfg, arch)
     if arch == "gpt2" and cfg.mlp not in ("gelu", "gelu_tanh"):
         missing.append(f"the {cfg.mlp} MLP")
     if arch == "gpt2" and cfg.kv_heads != cfg.n_head:

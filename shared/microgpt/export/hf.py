@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microgpt.config import GPTConfig
+from microgpt.export.formats import missing_features
 
 if TYPE_CHECKING:
     import torch
@@ -41,35 +42,21 @@ if TYPE_CHECKING:
 HF_MODEL_FILE = "model.safetensors"
 MANIFEST_FILE = "microgpt_export.json"
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2"}
-# Each architecture's fixed choices: (field, value it must have, what to call a mismatch).
-_GPT2_NEEDS = [
-    ("norm", "layernorm", "RMSNorm (GPT-2 has LayerNorm)"),
-    ("embed_norm", False, "a norm after the embedding"),
-    ("final_norm", True, "no final norm before the LM head"),
-    ("qk_norm", False, "qk-norm"),
-]
-_LLAMA_NEEDS = [
-    ("norm", "rmsnorm", "LayerNorm (Llama has RMSNorm)"),
-    ("mlp", "swiglu", "a non-SwiGLU MLP"),
-    ("embed_norm", False, "a norm after the embedding"),
-    ("final_norm", True, "no final norm before the LM head"),
-    ("qk_norm", False, "qk-norm"),
-]
 
 
 def hf_architecture(cfg: GPTConfig) -> str:
     """ "gpt2" or "llama": the transformers model our config maps to, or a ValueError naming
     every feature that has no counterpart there."""
     if cfg.position == "learned":
-        arch, cls, needs = "gpt2", "GPT2LMHeadModel", _GPT2_NEEDS
-        missing = [why for field, value, why in needs if getattr(cfg, field) != value]
+        arch, cls = "gpt2", "GPT2LMHeadModel"
+        missing = missing_features(cfg, arch)
         if cfg.mlp not in GPT2_ACTIVATIONS:
             missing.append(f"the {cfg.mlp} MLP")
         if cfg.kv_heads != cfg.n_head:
             missing.append("grouped-query attention")
     else:
-        arch, cls, needs = "llama", "LlamaForCausalLM", _LLAMA_NEEDS
-        missing = [why for field, value, why in needs if getattr(cfg, field) != value]
+        arch, cls = "llama", "LlamaForCausalLM"
+        missing = missing_features(cfg, arch)
     if missing:
         raise ValueError(
             f"no transformers model computes this shape: with {cfg.position} positions it maps to "
