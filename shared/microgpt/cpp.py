@@ -50,16 +50,22 @@ def build_key(source: bytes, headers: Iterable[bytes], flags: Sequence[str], too
     return digest.hexdigest()[:16]
 
 
+@functools.cache
+def _sources_key(name: str) -> str:
+    """Kernel `name`'s build key, read and hashed once per process (its sources do not change)."""
+    import torch
+
+    headers = [h.read_bytes() for h in sorted(CSRC.glob("*.h"))]
+    toolchain = f"torch {torch.__version__}, python {sys.version_info[0]}.{sys.version_info[1]}"
+    return build_key((CSRC / KERNELS[name]).read_bytes(), headers, [*FLAGS, *LDFLAGS], toolchain)
+
+
 def build_directory(name: str) -> Path:
     """Where kernel `name` is built: `<torch extensions root>/<name>-<build key>`."""
-    import torch
     from torch.utils.cpp_extension import get_default_build_root
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    headers = [h.read_bytes() for h in sorted(CSRC.glob("*.h"))]
-    toolchain = f"torch {torch.__version__}, python {sys.version_info[0]}.{sys.version_info[1]}"
-    key = build_key((CSRC / KERNELS[name]).read_bytes(), headers, [*FLAGS, *LDFLAGS], toolchain)
-    return root / f"{name}-{key}"
+    return root / f"{name}-{_sources_key(name)}"
 
 
 def is_built(name: str) -> bool:
@@ -79,7 +85,7 @@ def build(name: str) -> ModuleType:
 
     directory = build_directory(name)
     directory.mkdir(parents=True, exist_ok=True)
-    fresh = not is_built(name)
+    fresh = not (directory / f"{name}.so").is_file()
     if fresh:
         announce(f"building native kernel {name} (once, 15-60 s) in {directory}...")
     started = time.perf_counter()

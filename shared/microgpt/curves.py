@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from microgpt.atomic import atomic_write_bytes
+from microgpt.train.metrics import METRICS_FILE
 
 if TYPE_CHECKING:  # matplotlib loads on first figure, not with the CLI
     from matplotlib.figure import Figure
 
-METRICS_FILE = "metrics.jsonl"
 SMOOTHING = 25  # steps in the train loss's moving average
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(train, eval) as (step, loss) pairs from `run_dir/metrics.jsonl`."""
+    """(train, eval) as (step, loss) pairs from `run_dir/metrics.jsonl`.
+
+    Stricter than the training loop's own reader (`train.metrics.read_history`), which skips a
+    line cut off by a crash on resume: a file given on the command line that is not the log a
+    run wrote is refused with the line at fault."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir} has no {METRICS_FILE}")

@@ -23,6 +23,7 @@ float weights and the optimizer state, which only a float checkpoint has.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -125,16 +126,7 @@ def load_model(
 def _serving(
     ckpt: Checkpoint, precision: Precision, quantized_from: Literal["stored", "load"] | None
 ) -> ServingModel:
+    fields = {f.name: getattr(ckpt, f.name) for f in dataclasses.fields(Checkpoint)}
     return ServingModel(
-        path=ckpt.path,
-        model=ckpt.model,
-        config=ckpt.config,
-        tokenizer=ckpt.tokenizer,
-        preset=ckpt.preset,
-        metadata=ckpt.metadata,
-        trainer_state=ckpt.trainer_state,
-        microgpt_version=ckpt.microgpt_version,
-        precision=precision,
-        weight_bytes=weight_bytes(ckpt.model),
-        quantized_from=quantized_from,
+        **fields, precision=precision, weight_bytes=weight_bytes(ckpt.model), quantized_from=quantized_from
     )

@@ -121,11 +121,17 @@ class Settings(BaseSettings):
         """Where the local-disk object store keeps blobs when no S3 endpoint is set."""
         return self.home / "artifacts"
 
+    def _keys(self) -> list[str]:
+        secret = self.api_key.get_secret_value() if self.api_key is not None else ""
+        return [k for k in (k.strip() for k in secret.split(",")) if k]
+
     def api_keys(self) -> frozenset[str]:
         """The accepted bearer keys; empty means auth is off."""
-        if self.api_key is None:
-            return frozenset()
-        return frozenset(k.strip() for k in self.api_key.get_secret_value().split(",") if k.strip())
+        return frozenset(self._keys())
+
+    def client_api_key(self) -> str | None:
+        """The key a client sends: the first of the comma-separated keys (None: auth is off)."""
+        return next(iter(self._keys()), None)
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from microgpt.settings import Settings
+    pass
 
 
 class ServiceUnavailable(ConnectionError):
@@ -60,12 +60,6 @@ def describe_detail(detail: Any) -> str:
     if isinstance(detail, dict):
         return str(detail.get("message", detail))
     return str(detail)
-
-
-def first_api_key(settings: Settings) -> str | None:
-    """The key a client sends: the first of `MICROGPT_API_KEY`'s comma-separated keys."""
-    keys = [k.strip() for k in settings.api_key.get_secret_value().split(",")] if settings.api_key else []
-    return next((k for k in keys if k), None)
 
 
 @dataclass

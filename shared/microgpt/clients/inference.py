@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from microgpt.clients.http import ServiceClient, ServiceError, ServiceUnavailable, first_api_key
+from microgpt.clients.http import ServiceClient, ServiceError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -73,7 +73,7 @@ class InferenceClient(ServiceClient):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InferenceClient:
-        return cls(settings.inference_url, first_api_key(settings), timeout=120.0)
+        return cls(settings.inference_url, settings.client_api_key(), timeout=120.0)
 
     def models(self) -> list[LoadedModel]:
         return [LoadedModel.model_validate(m) for m in self.request("GET", "/v1/models")["data"]]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from microgpt.clients.http import ServiceClient, ServiceUnavailable, error_of, first_api_key
+from microgpt.clients.http import ServiceClient, ServiceUnavailable, error_of
 
 if TYPE_CHECKING:
     from microgpt.settings import Settings
@@ -86,7 +86,7 @@ class TrainerClient(ServiceClient):
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainerClient:
         """The trainer at `MICROGPT_TRAINER_URL`, with the first `MICROGPT_API_KEY` key."""
-        return cls(settings.trainer_url, first_api_key(settings))
+        return cls(settings.trainer_url, settings.client_api_key())
 
     def submit(self, spec: dict[str, Any]) -> Job:
         """Validate and enqueue a JobSpec; a bad field is a 422 `ServiceError` naming it."""

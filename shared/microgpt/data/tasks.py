@@ -60,8 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from microgpt.atomic import atomic_directory
-from microgpt.chat import render_segments
-from microgpt.data.conversations import parse_conversation
+from microgpt.data.conversations import conversation_text
 
 GENERATOR_VERSION = 8  # bump when a task's output changes, so cached data sets are made again
 DEFAULT_SEED = 1337
@@ -335,12 +334,12 @@ def generate_splits(
     for name in names:
         rng = random.Random(f"{seed}:{name}")  # str seeds hash with sha512: the same on every run
         task = TASKS[name]
-        items = [item for item in task.generate(inputs, rng) if _fits(_record(name, item))]
-        if task.items is not None and task.items < len(items):
-            items = rng.sample(items, task.items)
-        for item in items:
+        kept = [(item, record) for item in task.generate(inputs, rng) if _fits(record := _record(name, item))]
+        if task.items is not None and task.items < len(kept):
+            kept = rng.sample(kept, task.items)
+        for item, record in kept:
             split = split_of(seed, name, item.key)
-            splits[split] += [_record(name, item)] * (task.copies if split == "train" else 1)
+            splits[split] += [record] * (task.copies if split == "train" else 1)
     for split, records in splits.items():
         random.Random(f"{seed}:shuffle:{split}").shuffle(records)
     splits["train"] = chained(splits["train"])
@@ -359,7 +358,7 @@ def chained(records: Sequence[dict[str, Any]], limit: int = TRAIN_CHARS) -> list
 
 
 def _chars(record: dict[str, Any]) -> int:
-    return sum(len(text) for text, _ in render_segments(parse_conversation(record)))
+    return len(conversation_text(record))
 
 
 def write_splits(

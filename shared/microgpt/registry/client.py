@@ -134,10 +134,9 @@ class RegistryClient:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RegistryClient:
         """The registry at `settings.registry_url`, with the first of `settings.api_key`'s keys."""
-        key = None
-        if settings.api_key is not None:
-            key = next((k.strip() for k in settings.api_key.get_secret_value().split(",") if k.strip()), None)
-        return cls(settings.registry_url, api_key=key, cache_dir=settings.cache, **kwargs)
+        return cls(
+            settings.registry_url, api_key=settings.client_api_key(), cache_dir=settings.cache, **kwargs
+        )
 
     def close(self) -> None:
         self._http.close()
