@@ -86,6 +86,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def migrate_databases(settings: Settings) -> None:
+    """The registry's and the trainer's tables brought up to date before any child starts: the
+    worker's first heartbeat must not meet a database the trainer API has not migrated yet."""
+    from services.common.database import create_db_engine
+    from services.registry.app import migrate as migrate_registry
+    from services.trainer.app import migrate as migrate_trainer
+
+    engine = create_db_engine(settings.resolved_database_url())
+    try:
+        migrate_registry(engine)
+        migrate_trainer(engine)
+    finally:
+        engine.dispose()
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     # SIGTERM (a supervisor, `kill`) and SIGINT (Ctrl-C, even when started in the background,
     # where the shell ignores it) both stop the children before `up` exits.
@@ -93,7 +108,9 @@ def cmd_up(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, _interrupt)
     from microgpt.settings import get_settings
 
-    ports = up_ports(get_settings())
+    settings = get_settings()
+    migrate_databases(settings)
+    ports = up_ports(settings)
     commands = up_commands(args.host, ports)
     children = [subprocess.Popen(cmd, env=os.environ.copy()) for cmd in commands]
     for name in (*UP_ORDER, "ui"):

@@ -78,6 +78,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         log.close()
     printed = (root / "up.log").read_text(errors="replace")
     assert f"ui: {urls['ui']}" in printed and "dashboard: open http://localhost:" in printed
+    assert "heartbeat failed" not in printed  # `up` migrates before the worker's first heartbeat
 
 
 @pytest.fixture(scope="module")
