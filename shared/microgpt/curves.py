@@ -2,7 +2,10 @@
 
 Train loss (light, every step, with a moving average on top) and validation loss (markers
 at each evaluation) of several runs on one axis, one colour per run, so runs compare at a
-glance. Figures are built without pyplot (no GUI backend, no global state).
+glance. Runs that recorded the interpretability probe (`train.interpret_every`) get a second
+panel beneath, on the same steps: the best head's induction score, so an induction head's
+formation lines up with the bump in the loss it causes. Figures are built without pyplot
+(no GUI backend, no global state).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import os
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from microgpt.atomic import atomic_write_bytes
 from microgpt.train.metrics import METRICS_FILE
@@ -23,8 +26,16 @@ if TYPE_CHECKING:  # matplotlib loads on first figure, not with the CLI
 SMOOTHING = 25  # steps in the train loss's moving average
 
 
-def read_metrics(run_dir: str | os.PathLike[str]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(train, eval) as (step, loss) pairs from `run_dir/metrics.jsonl`.
+class RunCurves(NamedTuple):
+    """(step, value) pairs of one run: train loss, validation loss, best head's induction score."""
+
+    train: list[tuple[int, float]]
+    evals: list[tuple[int, float]]
+    induction: list[tuple[int, float]]
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> RunCurves:
+    """The curves `run_dir/metrics.jsonl` holds.
 
     Stricter than the training loop's own reader (`train.metrics.read_history`), which skips a
     line cut off by a crash on resume: a file given on the command line that is not the log a
@@ -32,7 +43,7 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> tuple[list[tuple[int, float
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir} has no {METRICS_FILE}")
-    train, evals = [], []
+    curves = RunCurves([], [], [])
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -40,13 +51,16 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> tuple[list[tuple[int, float
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if record.get("kind") == "train" and "loss" in record:
-            train.append((int(record["step"]), float(record["loss"])))
-        elif record.get("kind") == "eval" and "val_loss" in record:
-            evals.append((int(record["step"]), float(record["val_loss"])))
-    if not train and not evals:
+        kind = record.get("kind")
+        if kind == "train" and "loss" in record:
+            curves.train.append((int(record["step"]), float(record["loss"])))
+        elif kind == "eval" and "val_loss" in record:
+            curves.evals.append((int(record["step"]), float(record["val_loss"])))
+        elif kind == "interpret" and "induction_score" in record:
+            curves.induction.append((int(record["step"]), float(record["induction_score"])))
+    if not curves.train and not curves.evals:
         raise ValueError(f"{path} holds no train or eval losses")
-    return train, evals
+    return curves
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -62,14 +76,17 @@ def moving_average(values: list[float], window: int) -> list[float]:
 def curves_figure(run_dirs: list[str]) -> Figure:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for i, run in enumerate(run_dirs):
+    runs = [(Path(run).resolve().name, read_metrics(run)) for run in run_dirs]
+    probed = any(curves.induction for _, curves in runs)
+    fig = Figure(figsize=(7.0, 6.0 if probed else 4.2), layout="constrained")
+    if probed:
+        ax, lower = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    else:
+        ax, lower = fig.subplots(), None
+    for i, (name, curves) in enumerate(runs):
         color = f"C{i % 10}"
-        name = Path(run).resolve().name
-        train, evals = read_metrics(run)
-        if train:
-            steps, losses = zip(*train, strict=True)
+        if curves.train:
+            steps, losses = zip(*curves.train, strict=True)
             ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.8)
             ax.plot(
                 steps,
@@ -78,13 +95,20 @@ def curves_figure(run_dirs: list[str]) -> Figure:
                 linewidth=1.4,
                 label=f"{name} train",
             )
-        if evals:
-            steps, losses = zip(*evals, strict=True)
+        if curves.evals:
+            steps, losses = zip(*curves.evals, strict=True)
             ax.plot(steps, losses, color=color, linestyle="--", marker="o", markersize=3, label=f"{name} val")
-    ax.set_xlabel("step")
+        if lower is not None and curves.induction:
+            steps, scores = zip(*curves.induction, strict=True)
+            lower.plot(steps, scores, color=color, marker=".", markersize=4, linewidth=1.2, label=name)
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if lower is not None:
+        lower.set_ylabel("induction score\n(best head)")
+        lower.set_ylim(0.0, 1.0)
+        lower.grid(alpha=0.3)
+    (lower or ax).set_xlabel("step")
     return fig
 
 

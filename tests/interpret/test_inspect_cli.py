@@ -17,6 +17,7 @@ from tiny_models import LLAMA
 
 from microgpt.checkpoint import save_checkpoint
 from microgpt.cli import main
+from microgpt.curves import curves_figure
 from microgpt.model import GPT
 from microgpt.tokenizers import CharTokenizer
 
@@ -86,19 +87,38 @@ def test_errors_are_one_line_and_exit_2(
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def write_run(run: Path, scale: float, induction: list[float] | None = None) -> Path:
+    """A metrics.jsonl as the training loop writes it, with probe records when `induction` is given."""
+    run.mkdir()
+    lines = [{"kind": "train", "step": s, "loss": scale * 4 / s, "lr": 1e-3} for s in range(1, 50)]
+    lines += [{"kind": "eval", "step": s, "val_loss": scale * 5 / s} for s in (10, 20, 40)]
+    for step, score in zip((10, 20, 30, 40), induction or [], strict=False):
+        lines.append({"kind": "interpret", "step": step, "induction_score": score, "attention_entropy": 2.0})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return run
+
+
 def test_plot_overlays_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for name, scale in (("a", 1.0), ("b", 0.5)):
-        run = tmp_path / name
-        run.mkdir()
-        lines = [{"kind": "train", "step": s, "loss": scale * 4 / s, "lr": 1e-3} for s in range(1, 50)]
-        lines += [{"kind": "eval", "step": s, "val_loss": scale * 5 / s} for s in (10, 20, 40)]
-        (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    write_run(tmp_path / "a", 1.0)
+    write_run(tmp_path / "b", 0.5)
     out = tmp_path / "curves.png"
     code, _, err = microgpt(capsys, "plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out))
     assert code == 0, err
     assert out.read_bytes().startswith(PNG)
     code, _, err = microgpt(capsys, "plot", str(tmp_path / "nope"))
     assert code == 2 and "has no metrics.jsonl" in err
+
+
+def test_plot_adds_the_induction_score_of_probed_runs(tmp_path: Path) -> None:
+    plain = write_run(tmp_path / "plain", 1.0)
+    probed = write_run(tmp_path / "probed", 0.5, induction=[0.02, 0.03, 0.4, 0.6])
+    assert len(curves_figure([str(plain)]).axes) == 1
+    fig = curves_figure([str(plain), str(probed)])
+    loss_axes, induction_axes = fig.axes
+    assert len(loss_axes.lines) == 6  # train (raw and smoothed) and val, for each run
+    (line,) = induction_axes.lines  # the plain run recorded no probe
+    assert list(line.get_xdata()) == [10, 20, 30, 40]
+    assert list(line.get_ydata()) == [0.02, 0.03, 0.4, 0.6]
 
 
 def test_the_console_command_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
