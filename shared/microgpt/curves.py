@@ -108,7 +108,7 @@ def curves_figure(run_dirs: list[str]) -> Figure:
         lower.set_ylabel("induction score\n(best head)")
         lower.set_ylim(0.0, 1.0)
         lower.grid(alpha=0.3)
-    (lower or ax).set_xlabel("step")
+    (ax if lower is None else lower).set_xlabel("step")
     return fig
 
 
