@@ -85,7 +85,7 @@ def build(name: str) -> ModuleType:
 
     directory = build_directory(name)
     directory.mkdir(parents=True, exist_ok=True)
-    fresh = not (directory / f"{name}.so").is_file()
+    fresh = not is_built(name)
     if fresh:
         announce(f"building native kernel {name} (once, 15-60 s) in {directory}...")
     started = time.perf_counter()
