@@ -25,6 +25,7 @@ from prometheus_harness import DEPLOY, Prometheus
 from trainer_platform import Platform
 from websockets.sync.client import connect
 
+from microgpt.clients.http import probe
 from microgpt.processes import free_port
 from microgpt.settings import Settings
 from services.inference.app import create_app
@@ -80,16 +81,19 @@ def missing_names(prometheus: Prometheus, query: str, since: float) -> list[str]
     return problems
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
+def wait_for(prometheus: Prometheus, what: str, query: str, timeout_s: float = 60) -> None:
+    """Poll the instant `query` until it returns a series; a timeout also shows each target's health."""
     deadline = time.monotonic() + timeout_s
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    while not instant(prometheus, query):
+        if time.monotonic() > deadline:
+            targets = prometheus.api("targets")["activeTargets"]
+            health = [(t["labels"]["job"], t["health"], t["lastError"]) for t in targets]
+            raise AssertionError(f"timed out waiting for {what} ({query}); targets: {health}")
         time.sleep(0.25)
-    return value
 
 
-def served_traffic(base: str, model: str) -> int:
-    """Three streamed completions and a two-turn WebSocket chat; returns how many answers were served."""
+def served_traffic(base: str, model: str) -> None:
+    """Three streamed completions and a two-turn WebSocket chat."""
     for prompt in ("an", "mar", "jo"):
         body = {"model": model, "prompt": prompt, "max_tokens": 8, "stream": True}
         with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as response:
@@ -101,7 +105,6 @@ def served_traffic(base: str, model: str) -> int:
             while (event := json.loads(ws.recv(timeout=60)))["type"] not in ("done", "error"):
                 pass
             assert event["type"] == "done" and event["id"] == turn, event
-    return 5
 
 
 def instant(prometheus: Prometheus, query: str) -> list[dict[str, Any]]:
@@ -129,9 +132,9 @@ def test_every_dashboard_panel_and_alert_answers_from_the_live_services(
         # The running job's own gauges reach Prometheus from the worker while it trains
         # (looked up over the whole run: on a loaded machine the job may end between two polls).
         step = f'last_over_time(microgpt_worker_job_step{{job_id="{job["id"]}"}}[10m])'
-        wait_for("the worker's job gauges", lambda: instant(prometheus, step), timeout_s=180)
+        wait_for(prometheus, "the worker's job gauges", step, timeout_s=180)
         assert deployment.wait_done(job["id"])["state"] == "succeeded"
-        wait_for("the worker idle", lambda: instant(prometheus, "microgpt_worker_jobs_running == 0"))
+        wait_for(prometheus, "the worker idle", "microgpt_worker_jobs_running == 0")
         assert instant(prometheus, "microgpt_worker_job_step") == [], "the ended job's series go with it"
 
         settings = Settings(
@@ -141,17 +144,21 @@ def test_every_dashboard_panel_and_alert_answers_from_the_live_services(
         with run_inference(create_app(settings)) as base:
             prometheus.scrape("inference", base.removeprefix("http://"))
             # Traffic in two rounds, each waited for in Prometheus: the counters then have samples
-            # before and after an increase, so every rate panel has a non-zero rate to draw.
-            answers = 0
+            # before and after an increase, so every rate panel has a non-zero rate to draw. The
+            # count to wait for is the service's own: an answer that starts with end-of-sequence
+            # has no first token, so it is served without a time-to-first-token sample.
+            ttft_count = "microgpt_inference_time_to_first_token_seconds_count"
+            observed = 0.0
             for _ in range(2):
-                answers += served_traffic(base, f"{MODEL}/1")
-                query = f"sum(microgpt_inference_time_to_first_token_seconds_count) >= {answers}"
-                wait_for("the served answers scraped", lambda q=query: instant(prometheus, q))
+                served_traffic(base, f"{MODEL}/1")
+                before, observed = observed, probe("inference", base).value(ttft_count) or 0.0
+                assert observed > before, "a round of traffic yields time-to-first-token samples"
+                wait_for(prometheus, "the served answers scraped", f"sum({ttft_count}) >= {observed}")
             for counter in ("generation_tokens_total", "time_to_first_token_seconds_count"):
-                query = f"sum(rate(microgpt_inference_{counter}[1m])) > 0"
-                wait_for(f"a rate of {counter}", lambda q=query: instant(prometheus, q))
+                rate = f"sum(rate(microgpt_inference_{counter}[1m])) > 0"
+                wait_for(prometheus, f"a rate of {counter}", rate)
             time.sleep(1.5)  # a 1 s range query's last step lies at most a step before its end
-            wait_for("every target up", lambda: len(instant(prometheus, "up == 1")) == 4)
+            wait_for(prometheus, "every target up", "count(up == 1) == 4")
 
             failures = []
             for where, query in panel_queries():
